@@ -1,0 +1,186 @@
+"""The detector contract: fit on benign trajectories, score steps, calibrate at a target FPR, predict.
+
+A trajectory batch is a `TrajectoryStats` whose fields are [N, S, C] (N runs, S steps, C channels),
+with the S noise levels `sigmas` the steps were taken at. A subclass names the statistic it reads
+(`feature`), which side of it is risky (`direction`) and how channels combine (`reduce`); the base
+class derives the rest:
+
+    z[n, s, c] = direction * (f[n, s, c] - loc[s, c]) / scale[s, c]      per-step, per-channel envelope
+    r[n, s]    = reduce_c z[n, s, c]
+    score      = (r - loc2[s]) / scale2[s]                               step-normalised score
+    request    = max_s score,  flagged when > threshold
+
+`fit` learns the envelope (loc, scale, loc2, scale2) on one benign set; `calibrate` sets the one
+threshold on a held-out benign set so that P(max_s score > threshold) <= fpr per request (the split
+conformal quantile: the ceil((n + 1)(1 - fpr))-th smallest held-out request score). Envelopes are
+keyed by noise level and interpolated linearly in sigma, so a request may use another schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from latentguard.kernels import TrajectoryStats
+
+_MIN_SCALE = 1e-6
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before fit/calibrate (or load_state_dict)."""
+
+
+class CalibrationError(ValueError):
+    """Calibration data cannot support the requested false-positive rate."""
+
+
+@dataclass(frozen=True)
+class DetectorResult:
+    name: str
+    score: float
+    threshold: float
+    flagged: bool
+    first_step: int  # -1 when never flagged
+
+
+def interp_sigma(table: torch.Tensor, grid: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of table [K, ...] defined at increasing `grid` [K], at `sigma` [...]."""
+    sigma = sigma.to(grid.dtype).clamp(grid[0], grid[-1])
+    hi = torch.searchsorted(grid, sigma.contiguous()).clamp(1, len(grid) - 1) if len(grid) > 1 else None
+    if hi is None:
+        return table[torch.zeros_like(sigma, dtype=torch.long)]
+    lo = hi - 1
+    w = (sigma - grid[lo]) / (grid[hi] - grid[lo]).clamp_min(1e-12)
+    w = w.reshape(*w.shape, *([1] * (table.ndim - 1)))
+    return table[lo] * (1 - w) + table[hi] * w
+
+
+def conformal_threshold(request_scores: torch.Tensor, fpr: float) -> float:
+    n = request_scores.numel()
+    k = math.ceil((n + 1) * (1 - fpr))
+    if k > n:
+        raise CalibrationError(
+            f"{n} held-out benign runs cannot calibrate a {fpr:.2%} false-positive rate; "
+            f"need at least {math.ceil(1 / fpr) - 1}"
+        )
+    return float(request_scores.flatten().sort().values[k - 1])
+
+
+class Detector(ABC):
+    name: ClassVar[str]
+    direction: ClassVar[Literal[1, -1, 0]] = 1
+    reduce: ClassVar[Literal["mean", "max"]] = "mean"
+
+    def __init__(self) -> None:
+        self._grid: torch.Tensor | None = None  # increasing sigmas
+        self._loc: torch.Tensor | None = None
+        self._scale: torch.Tensor | None = None
+        self._loc2: torch.Tensor | None = None
+        self._scale2: torch.Tensor | None = None
+        self.threshold: float | None = None
+
+    @abstractmethod
+    def feature(self, stats: TrajectoryStats) -> torch.Tensor:
+        """The per-channel statistic this detector watches: [..., C] from stats fields [..., C]."""
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._loc is not None
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def _reduce(self, z: torch.Tensor) -> torch.Tensor:
+        return z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
+
+    def _channel_scores(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
+        if self._grid is None or self._loc is None or self._scale is None:
+            raise NotFittedError(f"{self.name}: call fit() or load_state_dict() first")
+        f = self.feature(stats).float()
+        z = (f - interp_sigma(self._loc, self._grid, sigma)) / interp_sigma(self._scale, self._grid, sigma)
+        z = torch.nan_to_num(z, nan=0.0, posinf=1e6, neginf=-1e6)
+        return self._reduce(z.abs() if self.direction == 0 else self.direction * z)
+
+    def score(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
+        """Step-normalised risk score for stats [..., C] at noise levels `sigma` [...]; higher is riskier."""
+        r = self._channel_scores(stats, sigma)
+        assert self._grid is not None and self._loc2 is not None and self._scale2 is not None
+        return (r - interp_sigma(self._loc2, self._grid, sigma)) / interp_sigma(
+            self._scale2, self._grid, sigma
+        )
+
+    def trajectory_scores(self, series: TrajectoryStats, sigmas: list[float]) -> torch.Tensor:
+        """[N, S] scores of a trajectory batch whose steps were taken at `sigmas`."""
+        n, s = series.mean.shape[:2]
+        return self.score(series, torch.tensor(sigmas[:s], dtype=torch.float64).expand(n, s))
+
+    # --- learning --------------------------------------------------------------------------------
+    def fit(self, reference: TrajectoryStats, sigmas: list[float]) -> Detector:
+        """Learn the per-step envelope from benign trajectories [N, S, C] taken at `sigmas` [S]."""
+        s = reference.mean.shape[1]
+        order = torch.argsort(torch.tensor(sigmas[:s], dtype=torch.float64))
+        self._grid = torch.tensor(sigmas[:s], dtype=torch.float64)[order]
+        f = self.feature(reference).double()[:, order]
+        self._loc = f.mean(dim=0)
+        self._scale = f.std(dim=0).clamp_min(_MIN_SCALE) + _MIN_SCALE * self._loc.abs()
+        self._loc2 = torch.zeros(s, dtype=torch.float64)
+        self._scale2 = torch.ones(s, dtype=torch.float64)
+        r = self._channel_scores(reference.index((slice(None), order)), self._grid.expand(len(f), s))
+        self._loc2 = r.mean(dim=0)
+        self._scale2 = r.std(dim=0).clamp_min(_MIN_SCALE)
+        return self
+
+    def calibrate(self, benign: TrajectoryStats, sigmas: list[float], fpr: float) -> float:
+        """Set the threshold on held-out benign runs so that a benign request flags with prob. <= fpr."""
+        self.threshold = conformal_threshold(self.trajectory_scores(benign, sigmas).amax(dim=1), fpr)
+        return self.threshold
+
+    def predict(self, series: TrajectoryStats, sigmas: list[float]) -> list[DetectorResult]:
+        if self.threshold is None:
+            raise NotFittedError(f"{self.name}: call calibrate() or load_state_dict() first")
+        return results_from_scores(self.name, self.trajectory_scores(series, sigmas), self.threshold)
+
+    # --- persistence -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._grid is None or self.threshold is None:
+            raise NotFittedError(f"{self.name}: nothing to save before fit() and calibrate()")
+        tensors = {
+            "grid": self._grid,
+            "loc": self._loc,
+            "scale": self._scale,
+            "loc2": self._loc2,
+            "scale2": self._scale2,
+        }
+        return {
+            "name": self.name,
+            "threshold": self.threshold,
+            **{k: v.tolist() for k, v in tensors.items() if v is not None},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> Detector:
+        if state.get("name") != self.name:
+            raise ValueError(f"state for {state.get('name')!r} cannot load into {self.name!r}")
+        as_t = lambda k: torch.tensor(state[k], dtype=torch.float64)  # noqa: E731
+        self._grid, self._loc, self._scale = as_t("grid"), as_t("loc"), as_t("scale")
+        self._loc2, self._scale2 = as_t("loc2"), as_t("scale2")
+        self.threshold = float(state["threshold"])
+        return self
+
+
+def results_from_scores(name: str, scores: torch.Tensor, threshold: float) -> list[DetectorResult]:
+    """One DetectorResult per row of per-step scores [N, S]."""
+    results = []
+    for row in scores:
+        over = (row > threshold).nonzero()
+        results.append(
+            DetectorResult(
+                name=name,
+                score=float(row.max()) if row.numel() else float("-inf"),
+                threshold=threshold,
+                flagged=bool(over.numel()),
+                first_step=int(over[0]) if over.numel() else -1,
+            )
+        )
+    return results

@@ -1,0 +1,60 @@
+"""Trajectory monitor: turns each denoising step's latents into x0_hat statistics.
+
+Flow matching with an Euler scheduler steps x_{i+1} = x_i + (s_{i+1} - s_i) v_i, and the model's
+denoised estimate is x0_hat_i = x_i - s_i v_i. The pipeline's step callback exposes only the latents,
+so v_i is recovered from consecutive latents: v_i = (x_{i+1} - x_i) / (s_{i+1} - s_i).
+
+Per-request state is the previous latents (one tensor, replaced every step) and the per-step
+statistics ([B, C] tensors per field): O(steps x channels), never the trajectory itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from latentguard.kernels import Backend, TrajectoryStats, trajectory_stats
+
+
+def denoised_estimate(
+    x_t: torch.Tensor, x_next: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
+    """x0_hat at noise level `sigma` from one Euler step to `sigma_next` (flow matching)."""
+    velocity = (x_next.float() - x_t.float()) / (sigma_next - sigma)
+    return x_t.float() - sigma * velocity
+
+
+def x0_to_latent_delta(delta_x0: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """The change of x_{i+1} that moves this step's x0_hat by `delta_x0` (inverse of the above)."""
+    return delta_x0 * ((sigma - sigma_next) / sigma)
+
+
+class TrajectoryMonitor:
+    """Feeds one request's (or one batch's) steps through `trajectory_stats` on x0_hat."""
+
+    def __init__(self, initial_latents: torch.Tensor, sigmas: list[float], backend: Backend = "auto"):
+        if initial_latents.ndim != 4:
+            raise ValueError("initial latents must be [B, C, H, W]")
+        self.sigmas = [float(s) for s in sigmas]
+        self.backend: Backend = backend
+        self._prev = initial_latents
+        self.series: list[TrajectoryStats] = []
+
+    @property
+    def steps_seen(self) -> int:
+        return len(self.series)
+
+    def x0_hat(self, step: int, latents: torch.Tensor) -> torch.Tensor:
+        return denoised_estimate(self._prev, latents, self.sigmas[step], self.sigmas[step + 1])
+
+    def observe(self, step: int, latents: torch.Tensor) -> TrajectoryStats:
+        """Record the step that produced `latents` (the pipeline's x_{step+1})."""
+        if step != self.steps_seen:
+            raise ValueError(f"steps must arrive in order: expected {self.steps_seen}, got {step}")
+        stats = trajectory_stats(self.x0_hat(step, latents), backend=self.backend).to("cpu")
+        self._prev = latents
+        self.series.append(stats)
+        return stats
+
+    def stacked(self) -> TrajectoryStats:
+        """All steps so far, fields [B, S, ...]."""
+        return TrajectoryStats.stack(self.series, dim=1)

@@ -1,0 +1,54 @@
+"""The per-step statistics returned by `trajectory_stats`, shared by every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+#: Radial frequency (cycles/pixel) at and above which spectrum bins count as high frequency.
+HF_CUTOFF = 0.25
+#: Number of uniform radial bins between 0 and the corner frequency sqrt(0.5).
+RADIAL_BINS = 8
+
+
+@dataclass(frozen=True)
+class TrajectoryStats:
+    """Statistics of one [B, C, H, W] tensor; every field is [B, C] unless noted.
+
+    mean, var        per-channel mean and (population) variance over finite values
+    hf_ratio         fraction of spectral energy at radial frequency >= HF_CUTOFF
+    sr_peak          peak of the spectral residual R = L - box3x3(L) in the high-frequency band,
+                     L the log amplitude spectrum (Hou & Zhang 2007)
+    sr_freq          radial frequency (cycles/pixel) where that peak sits
+    radial_profile   [B, C, RADIAL_BINS] fraction of spectral energy per radial bin
+    nonfinite        count of NaN/Inf values (int64)
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    hf_ratio: torch.Tensor
+    sr_peak: torch.Tensor
+    sr_freq: torch.Tensor
+    radial_profile: torch.Tensor
+    nonfinite: torch.Tensor
+
+    def to(self, device: str | torch.device) -> TrajectoryStats:
+        return TrajectoryStats(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def stack(series: list[TrajectoryStats], dim: int = 1) -> TrajectoryStats:
+        """Stack per-step stats into fields of shape [B, S, ...] (dim=1) for a whole trajectory."""
+        names = [f.name for f in fields(TrajectoryStats)]
+        return TrajectoryStats(**{n: torch.stack([getattr(s, n) for s in series], dim) for n in names})
+
+    @staticmethod
+    def cat(parts: list[TrajectoryStats], dim: int = 0) -> TrajectoryStats:
+        names = [f.name for f in fields(TrajectoryStats)]
+        return TrajectoryStats(**{n: torch.cat([getattr(s, n) for s in parts], dim) for n in names})
+
+    def index(self, idx: int | slice | torch.Tensor) -> TrajectoryStats:
+        return TrajectoryStats(**{k: v[idx] for k, v in self.as_dict().items()})

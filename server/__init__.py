@@ -1,0 +1,1 @@
+"""gRPC service, pipeline runner, deployments, config and CLI."""

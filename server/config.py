@@ -1,0 +1,104 @@
+"""Settings: one pydantic-settings object, built in main() from a YAML file plus environment overrides.
+
+Environment variables use the prefix LATENTGUARD_ and `__` for nesting, e.g.
+LATENTGUARD_LIMITS__MAX_STEPS=50 or LATENTGUARD_PORT=50052.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from latentguard.detectors import DETECTOR_NAMES, Action, OnError
+
+Family = Literal["sd3", "flux"]
+Variant = Literal["fp32", "bf16", "fp16", "fp8", "int4", "nf4"]
+BUILTIN_MODELS = ("tiny-sd3", "tiny-flux")
+
+
+class Limits(BaseModel):
+    max_steps: int = Field(100, ge=1)
+    max_side: int = Field(1024, ge=16)
+    max_prompt_chars: int = Field(2000, ge=1)
+
+
+class PolicyConfig(BaseModel):
+    action: Action = Action.ANNOTATE
+    on_error: OnError = OnError.FAIL_OPEN
+
+
+class DeploymentConfig(BaseModel):
+    name: str
+    model: str  # "tiny-sd3" | "tiny-flux" | a local diffusers folder | a hub id
+    family: Family
+    variant: Variant = "fp32"
+    steps: int = Field(12, ge=1)
+    width: int = 256
+    height: int = 256
+    guidance_scale: float = 4.5
+    max_sequence_length: int | None = None  # T5 tokens; None: the pipeline's default
+    profile: str | None = None  # calibration profile path; built-in models ship their own
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_detectors(self) -> DeploymentConfig:
+        unknown = set(self.policies) - set(DETECTOR_NAMES)
+        if unknown:
+            raise ValueError(
+                f"unknown detector(s) in policies: {sorted(unknown)}; known: {list(DETECTOR_NAMES)}"
+            )
+        return self
+
+
+def builtin_deployments() -> list[DeploymentConfig]:
+    return [
+        DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=64),
+        DeploymentConfig(
+            name="tiny-flux", model="tiny-flux", family="flux", guidance_scale=3.5, max_sequence_length=64
+        ),
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LATENTGUARD_", env_nested_delimiter="__", extra="forbid")
+
+    deployments: list[DeploymentConfig] = Field(default_factory=builtin_deployments)
+    limits: Limits = Field(default_factory=Limits)
+    backend: Literal["auto", "triton", "reference"] = "auto"
+    device: str = "cpu"
+    port: int = 50051
+    metrics_port: int = 9464
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"deployment names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment beats the YAML file (passed as init kwargs) beats defaults
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping at the top level")
+            data.update(loaded)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

@@ -1,0 +1,37 @@
+import logging
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from latentguard.server.config import Settings
+
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def deployments(settings):
+    """The built-in deployments, loaded once, with their shipped profiles."""
+    from diffusers.utils import logging as dlog
+
+    from latentguard.server.deployments import load_deployment
+
+    dlog.set_verbosity_error()
+    logging.getLogger("latentguard").setLevel(logging.ERROR)
+    return {cfg.name: load_deployment(cfg) for cfg in settings.deployments}
+
+
+@pytest.fixture(scope="session")
+def sd3(deployments):
+    return deployments["tiny-sd3"]
+
+
+@pytest.fixture(scope="session")
+def flux(deployments):
+    return deployments["tiny-flux"]

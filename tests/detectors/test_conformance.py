@@ -1,0 +1,92 @@
+"""One contract, every detector: fit / score / calibrate / predict / state_dict."""
+
+import dataclasses
+import itertools
+import json
+
+import pytest
+import torch
+
+from latentguard.detectors import DETECTORS, DetectorResult, NotFittedError
+
+from .synthetic import SIGMAS, benign, perturb
+
+NAMES = list(DETECTORS)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return benign(300, 0), benign(300, 1), benign(200, 2)
+
+
+def fitted(name, data):
+    fit_set, cal_set, _ = data
+    det = DETECTORS[name]().fit(fit_set, SIGMAS)
+    det.calibrate(cal_set, SIGMAS, fpr=0.05)
+    return det
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_name_is_the_contract_name(name):
+    assert DETECTORS[name].name == name
+    assert name in {"spectral_residual", "latent_variance", "over_smoothing", "non_finite"}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "non_finite"])
+def test_unfitted_detector_raises_typed_error(name, data):
+    det = DETECTORS[name]()
+    with pytest.raises(NotFittedError):
+        det.predict(data[2], SIGMAS)
+    with pytest.raises(NotFittedError):
+        det.state_dict()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_returns_frozen_results_per_run(name, data):
+    results = fitted(name, data).predict(data[2], SIGMAS)
+    assert len(results) == 200 and all(isinstance(r, DetectorResult) for r in results)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        results[0].flagged = True  # type: ignore[misc]
+    for r in results:
+        assert r.flagged == (r.score > r.threshold)
+        assert (r.first_step >= 0) == r.flagged
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failure_scores_higher_and_is_flagged_at_its_step(name, data):
+    det = fitted(name, data)
+    clean = det.predict(data[2], SIGMAS)
+    bad = det.predict(perturb(data[2], name, step=5), SIGMAS)
+    assert sum(b.score > c.score for b, c in zip(bad, clean, strict=True)) >= 0.95 * len(clean)
+    assert sum(b.flagged for b in bad) >= 0.95 * len(bad)
+    first = [b.first_step for b in bad if b.flagged]
+    assert sum(f == 5 for f in first) >= 0.9 * len(first)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_through_json_predicts_the_same(name, data):
+    det = fitted(name, data)
+    restored = DETECTORS[name]().load_state_dict(json.loads(json.dumps(det.state_dict())))
+    a, b = det.predict(data[2], SIGMAS), restored.predict(data[2], SIGMAS)
+    assert [r.flagged for r in a] == [r.flagged for r in b]
+    torch.testing.assert_close(torch.tensor([r.score for r in a]), torch.tensor([r.score for r in b]))
+    with pytest.raises(ValueError, match="cannot load"):
+        DETECTORS[name]().load_state_dict({**det.state_dict(), "name": "other"})
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "non_finite"])
+def test_held_out_false_positive_rate_is_near_target(name):
+    fit_set, cal_set, test_set = benign(400, 10), benign(2000, 11), benign(4000, 12)
+    det = DETECTORS[name]().fit(fit_set, SIGMAS)
+    det.calibrate(cal_set, SIGMAS, fpr=0.05)
+    fpr = sum(r.flagged for r in det.predict(test_set, SIGMAS)) / 4000
+    assert 0.03 <= fpr <= 0.07, fpr  # binomial sd at n=4000 is 0.0034, plus calibration noise
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "non_finite"])
+def test_other_schedules_interpolate_the_envelope_in_sigma(name, data):
+    det = fitted(name, data)
+    # sigmas midway between calibration sigmas: a benign trajectory there must still score like one
+    mid = [(a + b) / 2 for a, b in itertools.pairwise(SIGMAS)] + [0.0]
+    scores = torch.tensor([r.score for r in det.predict(data[2], mid)])
+    assert scores.median() < det.threshold

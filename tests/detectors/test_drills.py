@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from latentguard.detectors import (
+    Drill,
+    DrillSpecError,
+    TrajectoryMonitor,
+    denoised_estimate,
+    x0_to_latent_delta,
+)
+
+
+def test_parse_and_print_round_trip():
+    d = Drill.parse("aliasing:step=4,strength=0.5,freq=0.25")
+    assert (d.kind, d.step, d.strength, d.freq) == ("aliasing", 4, 0.5, 0.25)
+    assert Drill.parse(str(d)) == d
+    assert Drill.parse("NaN").kind == "nan"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "melt",
+        "blur:step",
+        "blur:step=-1",
+        "blur:strength=0",
+        "blur:x=1",
+        "aliasing:strength=inf",
+        "collapse:strength=1.5",
+        "aliasing:freq=0",
+    ],
+)
+def test_malformed_specs_raise_one_typed_error(spec):
+    with pytest.raises(DrillSpecError):
+        Drill.parse(spec)
+
+
+def test_latent_delta_moves_the_monitored_x0_hat_by_exactly_delta():
+    g = torch.Generator().manual_seed(0)
+    x_t, x_next = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    sigma, sigma_next = 0.8, 0.7
+    x0 = denoised_estimate(x_t, x_next, sigma, sigma_next)
+    delta = Drill("aliasing", strength=0.5).delta(x0)
+    moved = denoised_estimate(x_t, x_next + x0_to_latent_delta(delta, sigma, sigma_next), sigma, sigma_next)
+    torch.testing.assert_close(moved, x0 + delta, rtol=1e-4, atol=1e-4)
+
+
+def test_each_kind_does_what_it_says():
+    x0 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 + 1
+    collapsed = x0 + Drill("collapse", strength=0.5).delta(x0)
+    torch.testing.assert_close(collapsed.var(dim=(-2, -1)), 0.25 * x0.var(dim=(-2, -1)))
+    torch.testing.assert_close(collapsed.mean(dim=(-2, -1)), x0.mean(dim=(-2, -1)))
+    blurred = x0 + Drill("blur", strength=1.0).delta(x0)
+    assert (blurred.diff(dim=-1).abs().mean() < 0.5 * x0.diff(dim=-1).abs().mean()).item()
+    grid = Drill("aliasing", strength=1.0, freq=0.5).delta(
+        torch.zeros(1, 1, 4, 4) + torch.arange(16.0).view(1, 1, 4, 4)
+    )
+    assert grid[0, 0, 0, 0] > 0 and grid[0, 0, 0, 1] < 0 and grid[0, 0, 1, 1] > 0  # checkerboard
+    nan = Drill("nan", strength=0.01).delta(x0, torch.Generator().manual_seed(0))
+    assert int(torch.isnan(nan).sum()) == round(0.01 * 3 * 32 * 32)
+
+
+def test_monitor_keeps_only_per_step_stats():
+    noise = torch.randn(1, 4, 8, 8)
+    sigmas = [1.0, 0.5, 0.0]
+    mon = TrajectoryMonitor(noise, sigmas, backend="reference")
+    mon.observe(0, noise * 0.5)
+    with pytest.raises(ValueError, match="in order"):
+        mon.observe(0, noise)
+    mon.observe(1, noise * 0.1)
+    stacked = mon.stacked()
+    assert stacked.var.shape == (1, 2, 4) and math.isfinite(float(stacked.var.sum()))

@@ -1,0 +1,104 @@
+"""The torch reference of trajectory_stats against a plain float64 full-spectrum oracle."""
+
+import math
+
+import pytest
+import torch
+
+from latentguard.kernels import HF_CUTOFF, RADIAL_BINS, BackendUnavailableError, trajectory_stats
+
+
+def oracle(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Straight from the definitions: full fft2 in float64, explicit rolls for the 3x3 box."""
+    x = x.double()
+    finite = torch.isfinite(x)
+    x = torch.where(finite, x, 0.0)
+    mean = x.mean((-2, -1))
+    c = x - mean[..., None, None]
+    h, w = x.shape[-2:]
+    p = torch.fft.fft2(c).abs() ** 2
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+    r = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    hf = r >= HF_CUTOFF
+    total = p.sum((-2, -1))
+    eps = 1e-10 * total / (h * w) + 1e-30
+    la = 0.5 * torch.log(p + eps[..., None, None])
+    n = h * w
+    la[..., 0, 0] = (la.sum((-2, -1)) - la[..., 0, 0]) / (n - 1)
+    box = sum(torch.roll(la, (dy, dx), (-2, -1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    res = (la - box).masked_fill(~hf, -math.inf)
+    bins = torch.clamp((r / (math.sqrt(0.5) / RADIAL_BINS)).floor().long(), max=RADIAL_BINS - 1)
+    profile = (
+        torch.stack([(p * (bins == k)).sum((-2, -1)) for k in range(RADIAL_BINS)], -1) / total[..., None]
+    )
+    return {
+        "mean": mean,
+        "var": c.square().mean((-2, -1)),
+        "hf_ratio": (p * hf).sum((-2, -1)) / total,
+        "sr_peak": res.flatten(-2).max(-1).values,
+        "radial_profile": profile,
+        "nonfinite": (~finite).sum((-2, -1)),
+    }
+
+
+SHAPES = [(1, 16, 32, 32), (2, 16, 64, 64), (3, 5, 17, 23), (1, 4, 31, 8), (2, 3, 13, 13), (1, 2, 6, 7)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_reference_matches_full_spectrum_oracle(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    got, want = trajectory_stats(x, backend="reference"), oracle(x)
+    for name, expected in want.items():
+        actual = getattr(got, name).double()
+        tol = 2e-3 if name == "sr_peak" else 1e-4
+        torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=tol, atol=tol, msg=name)
+    assert got.mean.shape == shape[:2] and got.radial_profile.shape == (*shape[:2], RADIAL_BINS)
+
+
+def test_periodic_pattern_raises_spectral_residual_peak_at_its_frequency():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 32, 32, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    checker = torch.cos(math.pi * yy) * torch.cos(math.pi * xx)  # Nyquist in both axes
+    clean, dirty = trajectory_stats(x), trajectory_stats(x + 0.5 * checker)
+    assert (dirty.sr_peak > clean.sr_peak + 1.0).all()
+    torch.testing.assert_close(dirty.sr_freq, torch.full_like(dirty.sr_freq, math.sqrt(0.5)))
+
+
+def test_blur_lowers_hf_ratio_and_constant_input_is_finite():
+    x = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(1))
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    assert (trajectory_stats(blurred).hf_ratio < trajectory_stats(x).hf_ratio - 0.3).all()
+    const = trajectory_stats(torch.full((1, 2, 8, 8), 3.0))
+    for name, v in const.as_dict().items():
+        assert torch.isfinite(v.double()).all(), name
+
+
+def test_non_finite_values_are_counted_and_do_not_poison_the_rest():
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    x[0, 1, 3, 4] = float("nan")
+    x[1, 2, 0, 0] = float("inf")
+    x[1, 2, 5, 5] = float("-inf")
+    s = trajectory_stats(x)
+    assert s.nonfinite.tolist() == [[0, 1, 0], [0, 0, 2]]
+    for name, v in s.as_dict().items():
+        assert torch.isfinite(v.double()).all(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_low_precision_inputs_equal_the_upcast_values(dtype):
+    x = torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(3)).to(dtype)
+    got, want = trajectory_stats(x), oracle(x.float())
+    torch.testing.assert_close(got.var.double(), want["var"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.hf_ratio.double(), want["hf_ratio"], rtol=1e-4, atol=1e-5)
+
+
+def test_backend_choice_is_explicit():
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        trajectory_stats(x, backend="triton")
+    with pytest.raises(ValueError, match="unknown backend"):
+        trajectory_stats(x, backend="cuda")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        trajectory_stats(torch.randn(8, 8))

@@ -1,0 +1,94 @@
+import json
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from latentguard.server.cli import app
+
+runner = CliRunner()
+
+
+def test_generate_local_writes_image_and_report(tmp_path):
+    out, rep = tmp_path / "fox.png", tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--local",
+            "--deployment",
+            "tiny-sd3",
+            "--prompt",
+            "a red fox",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+            "--report",
+            str(rep),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (256, 256)
+    report = json.loads(rep.read_text())
+    assert report["verdict"] == "pass" and report["seed"] == 7
+    assert {d["name"] for d in report["detectors"]} >= {"spectral_residual", "non_finite"}
+    assert len(report["steps"]) == report["steps_run"] == 12
+
+
+def test_generate_with_drill_reports_the_flag(tmp_path):
+    rep = tmp_path / "r.json"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--local",
+            "--deployment",
+            "tiny-flux",
+            "--prompt",
+            "a fox",
+            "--drill",
+            "aliasing:step=4,strength=0.5",
+            "--report",
+            str(rep),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(rep.read_text())
+    assert report["verdict"] == "flag" and report["drill"].startswith("aliasing:step=4")
+
+
+def test_bad_input_exits_2_with_the_message(tmp_path):
+    result = runner.invoke(app, ["generate", "--local", "--prompt", "a fox", "--drill", "aliasing:step=x"])
+    assert result.exit_code == 2 and "must be a number" in result.output
+    result = runner.invoke(app, ["generate", "--local", "--prompt", "a fox", "--deployment", "nope"])
+    assert result.exit_code == 2 and "unknown deployment 'nope'" in result.output
+
+
+def test_calibrate_writes_a_profile_that_loads(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n# comment\na cabin\n")
+    out = tmp_path / "prof.json"
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--deployment",
+            "tiny-flux",
+            "--prompts",
+            str(prompts),
+            "--seeds",
+            "60",
+            "--fpr",
+            "0.05",
+            "--out",
+            str(out),
+            "--batch-size",
+            "12",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    from latentguard.detectors import CalibrationProfile
+
+    profile = CalibrationProfile.load(out)
+    assert profile.report.calibration_runs == 60 and profile.report.calibration_union_fpr <= 0.05
+    assert set(profile.build()) == {"spectral_residual", "latent_variance", "over_smoothing", "non_finite"}

@@ -1,0 +1,130 @@
+"""SD3 and FLUX end to end from a text prompt, drills through the real pipelines, model loading."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentguard.server.config import DeploymentConfig
+from latentguard.server.deployments import builtin_profile_path, load_deployment
+from latentguard.server.errors import ModelLoadError
+from latentguard.server.requests import GenerateRequest, resolve
+from latentguard.server.runner import PipelineRunner
+
+
+def run(dep, settings, **kw):
+    req = resolve(
+        GenerateRequest(deployment=dep.name, prompt=kw.pop("prompt", "a red fox"), **kw), dep, settings.limits
+    )
+    return PipelineRunner(dep).generate(req)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, settings):
+    dep = deployments[name]
+    result = run(dep, settings, seed=7)
+    rep = result.report
+    assert isinstance(result.image, Image.Image) and result.image.size == (256, 256)
+    assert rep.verdict == "pass", rep.flagged_detectors
+    assert rep.steps_run == rep.steps_requested == dep.config.steps
+    assert [d.name for d in rep.detectors] == [
+        "spectral_residual",
+        "latent_variance",
+        "over_smoothing",
+        "non_finite",
+    ]
+    assert [s.step for s in rep.steps] == list(range(rep.steps_run))
+    assert rep.profile == dep.fingerprint and rep.profile_exact
+    assert rep.timings.guard_seconds > 0
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_same_seed_same_image_and_the_seed_matters(name, deployments, settings):
+    dep = deployments[name]
+    a, b, c = (
+        torch.tensor(np.asarray(run(dep, settings, seed=s, steps=4).image), dtype=torch.int16)
+        for s in (3, 3, 4)
+    )
+    assert (a - b).abs().max() <= 2  # CPU kernels may round differently run to run; not more
+    assert (a - c).abs().float().mean() > 10
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize(
+    ("drill", "detector"),
+    [
+        ("aliasing:step=4,strength=0.5", "spectral_residual"),
+        ("collapse:step=4,strength=0.5", "latent_variance"),
+        ("blur:step=4,strength=0.8", "over_smoothing"),
+    ],
+)
+def test_drills_are_flagged_at_the_injection_step(name, drill, detector, deployments, settings):
+    rep = run(deployments[name], settings, seed=11, drill=drill).report
+    assert rep.verdict == "flag"
+    found = {d.name: d for d in rep.detectors}[detector]
+    assert found.flagged and found.first_step == 4
+    assert all(d.first_step in (-1, 4, 5, 6) for d in rep.detectors)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_nan_drill_aborts_at_once_and_returns_no_image(name, deployments, settings):
+    result = run(deployments[name], settings, seed=5, drill="nan:step=3")
+    rep = result.report
+    assert rep.verdict == "abort" and result.image is None
+    assert rep.aborted_at_step == 3 and rep.steps_run == 4  # interrupt skips every later step
+    nf = {d.name: d for d in rep.detectors}["non_finite"]
+    assert nf.flagged and nf.first_step == 3 and rep.steps[3].nonfinite > 0
+
+
+def test_abort_policy_on_a_learned_detector(sd3, settings):
+    from dataclasses import replace
+
+    from latentguard.detectors import Action, DetectorPolicy
+
+    dep = replace(sd3, policies={**sd3.policies, "spectral_residual": DetectorPolicy(Action.ABORT)})
+    result = run(dep, settings, seed=2, drill="aliasing:step=2,strength=1")
+    assert result.report.verdict == "abort" and result.image is None
+    assert result.report.aborted_at_step == 2 and result.report.steps_run == 3
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_shipped_profile_matches_the_built_model(name, deployments):
+    """Fails when the tiny model changes without `make profiles`."""
+    dep = deployments[name]
+    assert builtin_profile_path(name).is_file()
+    assert dep.profile is not None and dep.profile.fingerprint == dep.fingerprint
+
+
+def test_local_diffusers_folder_loads_through_the_same_path(sd3, settings, tmp_path):
+    sd3.pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    assert list((tmp_path / "model" / "transformer").glob("*.safetensors"))
+    cfg = DeploymentConfig(
+        name="local",
+        model=str(tmp_path / "model"),
+        family="sd3",
+        max_sequence_length=64,
+        profile=str(builtin_profile_path("tiny-sd3")),
+    )
+    dep = load_deployment(cfg)
+    assert dep.fingerprint == sd3.fingerprint
+    for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        text = "a red fox, oil painting"
+        assert getattr(dep.pipe, tok)(text).input_ids == getattr(sd3.pipe, tok)(text).input_ids
+    a, b = run(dep, settings, seed=9, steps=4), run(sd3, settings, seed=9, steps=4)
+    torch.testing.assert_close(
+        torch.tensor([s.var for s in a.report.steps]),
+        torch.tensor([s.var for s in b.report.steps]),
+        rtol=1e-3,
+        atol=1e-3,
+    )
+
+
+def test_unloadable_models_fail_with_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="not a diffusers folder"):
+        load_deployment(DeploymentConfig(name="x", model=str(tmp_path / "empty"), family="sd3"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="hub id"):
+        load_deployment(DeploymentConfig(name="x", model="stabilityai/no-such-model", family="sd3"))
+    with pytest.raises(ModelLoadError, match="family flux"):
+        load_deployment(DeploymentConfig(name="x", model="tiny-flux", family="sd3"))
