@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint profiles eval bench clean
+.PHONY: install demo test lint profiles eval bench protos promtool clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,17 +17,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: generate one guarded image in process, then the same request with an aliasing drill
+## demo: serve on loopback, send benign and drilled requests over gRPC, print verdicts and /metrics rates
 demo: $(STAMP)
+	$(BIN)/python -m latentguard.server.demo
 	mkdir -p out
 	$(BIN)/latentguard generate --local --deployment tiny-sd3 --prompt "a red fox" --seed 7 \
 		--out out/fox.png --report out/report.json
-	$(BIN)/latentguard generate --local --deployment tiny-sd3 --prompt "a red fox" --seed 7 \
-		--drill aliasing:step=4,strength=0.5 --report out/report-drill.json
-	$(BIN)/latentguard generate --local --deployment tiny-flux --prompt "a red fox" --seed 7 \
-		--drill nan:step=3 --report out/report-nan.json
 
-test: $(STAMP)
+## promtool: Prometheus from Debian's packages (the metric lint test uses promtool)
+promtool:
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
+		else echo "promtool missing: run 'sudo apt-get install prometheus'"; fi; }
+
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -46,3 +49,8 @@ eval: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache
+
+## protos: regenerate the Python gRPC code next to the .proto sources
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos \
+		protos/latentguard/v1/guardrail.proto

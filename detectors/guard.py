@@ -40,7 +40,7 @@ class RequestGuard:
         self.first_step = {name: torch.full((b,), -1, dtype=torch.long) for name in detectors}
         self.errors: dict[str, str] = {}
         self.aborted_at: int = -1
-        self.seconds = 0.0
+        self.step_seconds: list[float] = []
 
     def check(self, step: int, latents: torch.Tensor) -> bool:
         """Score the step that produced `latents`; True when the request must abort now."""
@@ -70,8 +70,12 @@ class RequestGuard:
                 abort = True
         if abort and self.aborted_at < 0:
             self.aborted_at = step
-        self.seconds += time.perf_counter() - start
+        self.step_seconds.append(time.perf_counter() - start)
         return abort
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.step_seconds)
 
     @property
     def steps_run(self) -> int:
@@ -120,6 +124,7 @@ class RequestGuard:
                     hf_ratio=float(stats.hf_ratio[i].mean()),
                     sr_peak=float(stats.sr_peak[i].mean()),
                     nonfinite=int(stats.nonfinite[i].sum()),
+                    guard_seconds=self.step_seconds[step],
                 )
             )
         return out

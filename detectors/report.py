@@ -30,6 +30,7 @@ class StepReport:
     hf_ratio: float
     sr_peak: float
     nonfinite: int
+    guard_seconds: float = 0.0  # guardrail cost of this step
 
 
 @dataclass
@@ -62,6 +63,18 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Report:
+        """Inverse of to_dict; also takes protobuf JSON (64-bit integers arrive as strings)."""
+        steps = [StepReport(**{**x, "nonfinite": int(x["nonfinite"])}) for x in d.get("steps", [])]
+        return Report(
+            **{k: v for k, v in d.items() if k not in ("detectors", "steps", "timings", "seed")},
+            seed=int(d["seed"]),
+            detectors=[DetectorReport(**x) for x in d.get("detectors", [])],
+            steps=steps,
+            timings=Timings(**d.get("timings", {})),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)

@@ -1,4 +1,4 @@
-"""The `latentguard` command line: generate, calibrate (serve and ab arrive with their issues)."""
+"""The `latentguard` command line: serve, generate, calibrate."""
 
 from __future__ import annotations
 
@@ -68,36 +68,47 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="Where to write the PNG.")] = None,
     report: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
     local: Annotated[bool, typer.Option("--local", help="Run the pipeline in this process.")] = False,
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of a running `latentguard serve`.")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline for --target, seconds.")] = 300.0,
     config: Annotated[Path | None, typer.Option(help="YAML config (deployments, limits).")] = None,
 ) -> None:
     """Generate one image with the guardrail watching every step; prints the verdict."""
     _quiet_libraries()
     from latentguard.server.config import Settings
+    from latentguard.server.convert import png_bytes
     from latentguard.server.deployments import load_deployment
     from latentguard.server.errors import LatentguardError
     from latentguard.server.requests import GenerateRequest, resolve
     from latentguard.server.runner import PipelineRunner
 
-    if not local:
-        _fail(ValueError("only in-process generation is available so far: pass --local"))
+    if local == (target is not None):
+        _fail(ValueError("pass exactly one of --local (in process) or --target HOST:PORT (a running server)"))
     try:
-        settings = Settings.load(config)
-        cfg = _deployment_config(settings, deployment)
-        req = GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill)
-        with console.status(f"loading {deployment}"):
-            dep = load_deployment(cfg, device=settings.device)
-        resolved = resolve(req, dep, settings.limits)
-        with _progress() as bar:
-            task = bar.add_task("denoising", total=resolved.steps)
-            result = PipelineRunner(dep, backend=settings.backend).generate(
-                resolved, on_step=lambda i, g: bar.update(task, completed=i + 1)
+        if target is not None:
+            rep, image_png = _generate_remote(
+                target, GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill), timeout
             )
+            result = None
+        else:
+            settings = Settings.load(config)
+            cfg = _deployment_config(settings, deployment)
+            req = GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill)
+            with console.status(f"loading {deployment}"):
+                dep = load_deployment(cfg, device=settings.device)
+            resolved = resolve(req, dep, settings.limits)
+            with _progress() as bar:
+                task = bar.add_task("denoising", total=resolved.steps)
+                result = PipelineRunner(dep, backend=settings.backend).generate(
+                    resolved, on_step=lambda i, g: bar.update(task, completed=i + 1)
+                )
     except (LatentguardError, ValueError, OSError) as exc:
         _fail(exc)
-    rep = result.report
-    if out is not None and result.image is not None:
+    if result is not None:
+        rep = result.report
+        image_png = png_bytes(result.image)
+    if out is not None and image_png:
         out.parent.mkdir(parents=True, exist_ok=True)
-        result.image.save(out)
+        out.write_bytes(image_png)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(rep.to_json() + "\n")
@@ -108,12 +119,73 @@ def generate(
         )
     console.print(table)
     colour = {"pass": "green", "flag": "yellow", "abort": "red"}[rep.verdict]
-    wrote = f" -> {out}" if out is not None and result.image is not None else ""
+    wrote = f" -> {out}" if out is not None and image_png else ""
     console.print(
         f"verdict [{colour}]{rep.verdict}[/{colour}]  steps {rep.steps_run}/{rep.steps_requested}  "
         f"guard {rep.timings.guard_seconds_per_step * 1e3:.2f} ms/step  "
         f"total {rep.timings.total_seconds:.2f} s{wrote}"
     )
+
+
+def _generate_remote(target: str, req, timeout: float):
+    """GenerateStream against a running server, with a progress bar fed by its step events."""
+    import grpc
+
+    from latentguard.detectors import Report
+    from latentguard.server.client import channel
+    from latentguard.v1 import guardrail_pb2 as pb
+    from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.GuardrailStub(channel(target))
+    msg = pb.GenerateRequest(
+        deployment=req.deployment,
+        prompt=req.prompt,
+        seed=req.seed,
+        steps=req.steps,
+        width=req.width,
+        height=req.height,
+        drill=req.drill,
+    )
+    try:
+        with _progress() as bar:
+            task = bar.add_task(f"denoising on {target}", total=None)
+            for event in stub.GenerateStream(msg, timeout=timeout):
+                if event.HasField("step"):
+                    bar.update(task, total=event.step.total_steps, completed=event.step.step + 1)
+                else:
+                    result = event.result
+    except grpc.RpcError as exc:
+        raise ValueError(f"{exc.code().name}: {exc.details()}") from None
+    return Report.from_dict(_message_dict(result.report)), result.image_png
+
+
+def _message_dict(msg) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="YAML config (deployments, limits, ports).")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port (default 9464).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+) -> None:
+    """Serve the gRPC guardrail (Generate, GenerateStream, Inspect, ListDeployments, health, reflection)."""
+    _quiet_libraries()
+    logging.getLogger("latentguard").setLevel(logging.INFO)
+    import asyncio
+
+    from latentguard.server.config import Settings
+    from latentguard.server.errors import LatentguardError
+    from latentguard.server.grpc_server import serve as run_server
+
+    try:
+        settings = Settings.load(config, port=port, metrics_port=metrics_port, host=host)
+        asyncio.run(run_server(settings))
+    except (LatentguardError, ValueError, OSError) as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -41,6 +41,7 @@ class DeploymentConfig(BaseModel):
     height: int = 256
     guidance_scale: float = 4.5
     max_sequence_length: int | None = None  # T5 tokens; None: the pipeline's default
+    max_queue: int = Field(8, ge=0)  # requests waiting beyond the one running; more are refused
     profile: str | None = None  # calibration profile path; built-in models ship their own
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
 
@@ -70,8 +71,13 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     backend: Literal["auto", "triton", "reference"] = "auto"
     device: str = "cpu"
+    host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464
+    max_message_mb: int = Field(64, ge=1)  # images and latents; 16x128x128 fp32 latents are 1 MiB
+    max_inspect_sessions: int = Field(16, ge=1)
+    grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: how long requests in flight may finish
+    warmup: bool = True  # one short generation per deployment before reporting SERVING
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -40,7 +40,8 @@ def load_pipeline(config: DeploymentConfig) -> Pipeline:
                 f"{config.name}: model {config.model} is family {expected}, not {config.family}"
             )
         pipe = tiny.tiny_sd3() if expected == "sd3" else tiny.tiny_flux()
-        pipe = pipe.to(dtype=DTYPES[config.variant])
+        if DTYPES[config.variant] != torch.float32:
+            pipe = pipe.to(dtype=DTYPES[config.variant])
     else:
         local = Path(config.model).expanduser()
         is_local = local.exists()

@@ -122,31 +122,50 @@ class PipelineRunner:
         )
         verdict = guard.verdict(0)
         image = dep.family.decode(dep.pipe, latents)[0] if decode and verdict != "abort" else None
-        total = time.perf_counter() - start
-        profile = dep.profile
-        exact = profile is not None and (profile.steps, profile.height, profile.width) == (
+        exact = dep.profile is not None and (dep.profile.steps, dep.profile.height, dep.profile.width) == (
             req.steps,
             req.height,
             req.width,
         )
-        report = Report(
-            verdict=verdict,
-            deployment=dep.name,
-            family=dep.config.family,
-            variant=dep.config.variant,
-            seed=req.seed,
-            steps_requested=req.steps,
-            steps_run=guard.steps_run,
-            aborted_at_step=guard.aborted_at,
-            drill=str(req.drill) if req.drill else "",
-            detectors=guard.detector_reports(0),
-            steps=guard.step_reports(0),
-            timings=Timings(
-                total_seconds=total,
-                guard_seconds=guard.seconds,
-                guard_seconds_per_step=guard.seconds / max(guard.steps_run, 1),
-            ),
-            profile=profile.fingerprint if profile else "",
-            profile_exact=exact,
+        report = build_report(
+            dep,
+            guard,
+            req.seed,
+            req.steps,
+            str(req.drill) if req.drill else "",
+            time.perf_counter() - start,
+            exact,
         )
         return GenerateResult(image=image, report=report)
+
+
+def build_report(
+    dep: Deployment,
+    guard: RequestGuard,
+    seed: int,
+    steps_requested: int,
+    drill: str,
+    total_seconds: float,
+    profile_exact: bool,
+) -> Report:
+    """The report of batch element 0 of a guarded run (Generate and Inspect alike)."""
+    return Report(
+        verdict=guard.verdict(0),
+        deployment=dep.name,
+        family=dep.config.family,
+        variant=dep.config.variant,
+        seed=seed,
+        steps_requested=steps_requested,
+        steps_run=guard.steps_run,
+        aborted_at_step=guard.aborted_at,
+        drill=drill,
+        detectors=guard.detector_reports(0),
+        steps=guard.step_reports(0),
+        timings=Timings(
+            total_seconds=total_seconds,
+            guard_seconds=guard.seconds,
+            guard_seconds_per_step=guard.seconds / max(guard.steps_run, 1),
+        ),
+        profile=dep.profile.fingerprint if dep.profile else "",
+        profile_exact=profile_exact,
+    )

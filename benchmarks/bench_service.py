@@ -1,0 +1,214 @@
+"""Service benchmarks; every figure is a ratio or latency measured in this one run.
+
+    python benchmarks/bench_service.py [--quick]
+
+1. guarded vs bare pipeline, same seeds: a widened tiny-sd3 (more layers, wider heads) at 512 x 512,
+   24 steps, so that a denoising step costs tens of milliseconds as a real one does relative to
+   the guard; `guard overhead` = guarded / bare - 1 (median of alternating runs).
+2. gRPC Generate over loopback vs the in-process call on the default tiny-sd3.
+3. Inspect (sidecar) throughput in steps/s and p50/p99 added latency per step, for
+   16 x 128 x 128 bf16 latents over loopback.
+Results are printed and appended to benchmarks/results.csv with device, commit and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import queue
+import statistics
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+from latentguard.detectors import DetectorPolicy  # noqa: E402
+from latentguard.server import tiny  # noqa: E402
+from latentguard.server.background import BackgroundServer  # noqa: E402
+from latentguard.server.config import DeploymentConfig, Limits, Settings  # noqa: E402
+from latentguard.server.deployments import FAMILIES, Deployment, attach_profile, fingerprint  # noqa: E402
+from latentguard.server.requests import GenerateRequest, resolve  # noqa: E402
+from latentguard.server.runner import PipelineRunner, initial_noise  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def device_name() -> str:
+    return (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
+    )
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def loopback_settings(**overrides) -> Settings:
+    return Settings(host="127.0.0.1", port=0, metrics_port=0, **overrides)
+
+
+def bench_guard_overhead(steps: int, repeats: int) -> dict[str, float]:
+    pipe = tiny.tiny_sd3(num_layers=6, attention_head_dim=64)
+    pipe.set_progress_bar_config(disable=True)
+    cfg = DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=64)
+    dep = Deployment(config=cfg, pipe=pipe, family=FAMILIES["sd3"], fingerprint=fingerprint(pipe))
+    attach_profile(dep)  # the built-in profile's envelopes: the cost, not the verdicts, is measured here
+    runner = PipelineRunner(dep)
+    size, guidance = 512, 4.5
+
+    def bare(seed: int) -> float:
+        noise = initial_noise(dep, [seed], size, size)
+        t = time.perf_counter()
+        pipe(
+            prompt=["a red fox"],
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            guidance_scale=guidance,
+            latents=noise,
+            output_type="latent",
+            max_sequence_length=64,
+        )
+        return time.perf_counter() - t
+
+    def guarded(seed: int) -> float:
+        t = time.perf_counter()
+        runner.denoise(
+            ["a red fox"],
+            [seed],
+            steps,
+            size,
+            size,
+            guidance,
+            detectors=dep.detectors,
+            policies={n: DetectorPolicy() for n in dep.detectors},
+        )
+        return time.perf_counter() - t
+
+    bare(0), guarded(0)  # warm-up
+    b, g = [], []
+    for i in range(repeats):
+        b.append(bare(i))
+        g.append(guarded(i))
+    guard_step = []
+    for i in range(3):
+        guard, _ = runner.denoise(
+            ["a red fox"], [i], steps, size, size, guidance, detectors=dep.detectors, policies={}
+        )
+        guard_step += guard.step_seconds
+    return {
+        "bare_step_ms": statistics.median(b) / steps * 1e3,
+        "guarded_step_ms": statistics.median(g) / steps * 1e3,
+        "guard_ms_per_step": statistics.median(guard_step) * 1e3,
+        "guard_overhead_pct": (statistics.median(g) / statistics.median(b) - 1) * 100,
+    }
+
+
+def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
+    from latentguard.server.client import channel
+    from latentguard.v1 import guardrail_pb2 as pb
+    from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+    srv = BackgroundServer(loopback_settings()).start()
+    try:
+        stub = pb_grpc.GuardrailStub(channel(srv.target))
+        dep = srv.server.service.workers["tiny-sd3"].dep
+        local = PipelineRunner(dep)
+        req = resolve(GenerateRequest("tiny-sd3", "a red fox", seed=1), dep, Limits())
+        msg = pb.GenerateRequest(deployment="tiny-sd3", prompt="a red fox", seed=1)
+        inproc, remote = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            local.generate(req)
+            inproc.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            stub.Generate(msg, timeout=60)
+            remote.append(time.perf_counter() - t)
+        return {
+            "inprocess_ms": statistics.median(inproc) * 1e3,
+            "grpc_ms": statistics.median(remote) * 1e3,
+            "grpc_over_inprocess": statistics.median(remote) / statistics.median(inproc),
+        }
+    finally:
+        srv.stop()
+
+
+def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
+    from latentguard.server.client import channel, tensor_frame
+    from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+    srv = BackgroundServer(loopback_settings(warmup=False)).start()
+    try:
+        stub = pb_grpc.GuardrailStub(channel(srv.target))
+        sigmas = torch.linspace(1, 0, steps + 1).tolist()
+        g = torch.Generator().manual_seed(0)
+        frames = [torch.randn(1, 16, 128, 128, generator=g).to(torch.bfloat16) for _ in range(steps + 1)]
+        latencies, total_steps = [], 0
+        t0 = time.perf_counter()
+        for _ in range(sessions):
+            q: queue.Queue = queue.Queue()
+            q.put(tensor_frame(frames[0], -1, deployment="tiny-sd3", sigmas=sigmas))
+            responses = stub.Inspect(iter(q.get, None), timeout=120)
+            for step in range(steps):
+                t = time.perf_counter()
+                q.put(tensor_frame(frames[step + 1], step))
+                next(responses)
+                latencies.append(time.perf_counter() - t)
+                total_steps += 1
+            q.put(None)
+            list(responses)
+        elapsed = time.perf_counter() - t0
+        latencies.sort()
+        return {
+            "inspect_steps_per_s": total_steps / elapsed,
+            "inspect_p50_ms": latencies[len(latencies) // 2] * 1e3,
+            "inspect_p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        }
+    finally:
+        srv.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    results: dict[str, float] = {}
+    results.update(bench_guard_overhead(steps=24, repeats=2 if args.quick else 5))
+    results.update(bench_grpc_vs_inprocess(repeats=3 if args.quick else 10))
+    results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
+    for k, v in results.items():
+        print(f"{k:24s} {v:10.3f}")
+    row = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "device": device_name(),
+        **{k: f"{v:.4f}" for k, v in results.items()},
+    }
+    out = HERE / "results.csv"
+    new = not out.exists()
+    with out.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    print(f"appended to {out}")
+
+
+if __name__ == "__main__":
+    main()

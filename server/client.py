@@ -1,0 +1,98 @@
+"""Client side: a small gRPC client and the one-line diffusers callback for sidecar mode.
+
+    pipe(prompt, callback_on_step_end=InspectCallback("localhost:50051", "tiny-sd3", pipe))
+
+streams the pipeline's own latents to a running sidecar's `Inspect` and interrupts the pipeline when
+the verdict is abort. The initial noise must be known: pass the `latents=` you give the pipeline, or
+let the callback take the first step's input from the scheduler state (see `initial`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import torch
+
+from latentguard.v1 import guardrail_pb2 as pb
+from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+MAX_MESSAGE = 64 * 1024 * 1024
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ],
+    )
+
+
+def tensor_frame(latents: torch.Tensor, step: int, **fields: Any) -> pb.InspectFrame:
+    t = latents.detach().contiguous().cpu()
+    if t.dtype not in DTYPE_NAMES:
+        t = t.float()
+    raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+    return pb.InspectFrame(step=step, latents=raw, dtype=DTYPE_NAMES[t.dtype], shape=list(t.shape), **fields)
+
+
+class InspectCallback:
+    """A diffusers `callback_on_step_end` that asks a latentguard sidecar for a verdict every step.
+
+    Works for SD3 and FLUX pipelines (FLUX latents are unpacked before sending). After the run,
+    `verdicts` holds one `InspectVerdict` per step and `report` the sidecar's final report.
+    """
+
+    def __init__(
+        self, target: str, deployment: str, pipe: Any, initial: torch.Tensor, height: int, width: int
+    ):
+        self.stub = pb_grpc.GuardrailStub(channel(target))
+        self.deployment, self.pipe, self.height, self.width = deployment, pipe, height, width
+        self.initial = initial
+        self.verdicts: list[pb.InspectVerdict] = []
+        self.report: pb.Report | None = None
+        self._out: queue.Queue[pb.InspectFrame | None] = queue.Queue()
+        self._responses: Iterator[pb.InspectVerdict] | None = None
+        self._lock = threading.Lock()
+
+    def _unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim == 3:  # FLUX packs latents as [B, (H/2)(W/2), 4C]
+            return type(self.pipe)._unpack_latents(
+                latents, self.height, self.width, self.pipe.vae_scale_factor
+            )
+        return latents
+
+    def _frames(self) -> Iterator[pb.InspectFrame]:
+        while (frame := self._out.get()) is not None:
+            yield frame
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self._responses is None:
+            sigmas = [float(s) for s in pipe.scheduler.sigmas]
+            self._out.put(
+                tensor_frame(self._unpack(self.initial), -1, deployment=self.deployment, sigmas=sigmas)
+            )
+            self._responses = self.stub.Inspect(self._frames())
+        self._out.put(tensor_frame(self._unpack(kwargs["latents"]), step))
+        verdict = next(self._responses)
+        self.verdicts.append(verdict)
+        last = step == len(pipe.scheduler.sigmas) - 2
+        if verdict.verdict == "abort" or last:
+            if verdict.verdict == "abort":
+                pipe._interrupt = True  # the pipeline's own interrupt flag
+            self.close()
+        return {}
+
+    def close(self) -> None:
+        if self._responses is None or self.report is not None:
+            return
+        self._out.put(None)
+        for final in self._responses:
+            if final.HasField("report"):
+                self.report = final.report

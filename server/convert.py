@@ -1,0 +1,58 @@
+"""protobuf <-> plain types. Nothing else happens here."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from latentguard.detectors import Report
+from latentguard.server.deployments import Deployment
+from latentguard.server.requests import GenerateRequest
+from latentguard.v1 import guardrail_pb2 as pb
+
+
+def request_from_proto(msg: pb.GenerateRequest) -> GenerateRequest:
+    return GenerateRequest(
+        deployment=msg.deployment,
+        prompt=msg.prompt,
+        seed=msg.seed,
+        steps=msg.steps,
+        width=msg.width,
+        height=msg.height,
+        guidance_scale=msg.guidance_scale if msg.HasField("guidance_scale") else None,
+        drill=msg.drill,
+    )
+
+
+def report_to_proto(report: Report) -> pb.Report:
+    d = report.to_dict()
+    return pb.Report(
+        **{k: v for k, v in d.items() if k not in ("detectors", "steps", "timings")},
+        detectors=[pb.DetectorResult(**x) for x in d["detectors"]],
+        steps=[pb.StepReport(**x) for x in d["steps"]],
+        timings=pb.Timings(**d["timings"]),
+    )
+
+
+def png_bytes(image: Image.Image | None) -> bytes:
+    if image is None:
+        return b""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def deployment_to_proto(dep: Deployment) -> pb.DeploymentInfo:
+    c = dep.config
+    return pb.DeploymentInfo(
+        name=c.name,
+        family=c.family,
+        variant=c.variant,
+        model=c.model,
+        default_steps=c.steps,
+        default_width=c.width,
+        default_height=c.height,
+        profile=dep.profile.fingerprint if dep.profile else "",
+        detectors=list(dep.detectors),
+    )

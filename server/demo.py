@@ -1,0 +1,146 @@
+"""The quick-start demo: a real `latentguard serve` on loopback, a batch of requests over gRPC
+(benign and every drill kind), the verdicts, and the artifact rates read back from /metrics.
+
+    python -m latentguard.server.demo [--requests 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from latentguard.server.client import channel
+from latentguard.v1 import guardrail_pb2 as pb
+from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+console = Console(width=150)
+DRILLS = [
+    "",
+    "aliasing:step=4,strength=0.5",
+    "collapse:step=4,strength=0.5",
+    "blur:step=4,strength=0.8",
+    "nan:step=3",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    health = health_pb2_grpc.HealthStub(channel(target))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ):
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit("server did not become SERVING in time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=3, help="benign requests per deployment")
+    args = parser.parse_args()
+    port, mport = _free_port(), _free_port()
+    target = f"127.0.0.1:{port}"
+    console.print(f"[bold]starting[/bold] latentguard serve on {target} (metrics :{mport})")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "latentguard.server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(mport),
+        ],
+        env={**os.environ, "LATENTGUARD_GRACE_SECONDS": "30"},
+    )
+    try:
+        _wait_serving(target, proc)
+        stub = pb_grpc.GuardrailStub(channel(target))
+        table = Table(
+            "deployment", "seed", "drill", "verdict", "flagged (first step)", "steps", "guard ms/step"
+        )
+        for dep in ("tiny-sd3", "tiny-flux"):
+            plan = [("", seed) for seed in range(args.requests)] + [(d, 100) for d in DRILLS[1:]]
+            for drill, seed in plan:
+                req = pb.GenerateRequest(
+                    deployment=dep, prompt="a red fox in the snow", seed=seed, drill=drill
+                )
+                rep = stub.Generate(req, timeout=120).report
+                flagged = ", ".join(f"{d.name} ({d.first_step})" for d in rep.detectors if d.flagged)
+                colour = {"pass": "green", "flag": "yellow", "abort": "red"}[rep.verdict]
+                table.add_row(
+                    dep,
+                    str(seed),
+                    drill or "-",
+                    f"[{colour}]{rep.verdict}[/{colour}]",
+                    flagged or "-",
+                    f"{rep.steps_run}/{rep.steps_requested}",
+                    f"{rep.timings.guard_seconds_per_step * 1e3:.2f}",
+                )
+        console.print(table)
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        counts: dict[str, dict[str, float]] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "latentguard_requests_total":
+                    counts.setdefault(s.labels["deployment"], {}).setdefault("requests", 0.0)
+                    counts[s.labels["deployment"]]["requests"] += s.value
+                if s.name == "latentguard_artifacts_total":
+                    counts.setdefault(s.labels["deployment"], {})[s.labels["detector"]] = s.value
+        rates = Table(
+            "deployment",
+            "requests",
+            "spectral_residual",
+            "latent_variance",
+            "over_smoothing",
+            "non_finite",
+            title="artifact rates read back from /metrics (latentguard_artifacts_total / requests_total)",
+        )
+        for dep, c in counts.items():
+            n = c["requests"] or 1.0
+            rates.add_row(
+                dep,
+                f"{c['requests']:.0f}",
+                *(
+                    f"{c.get(d, 0) / n:.2f}"
+                    for d in ("spectral_residual", "latent_variance", "over_smoothing", "non_finite")
+                ),
+            )
+        console.print(rates)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        console.print(f"server drained and exited with code {code}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""All Prometheus metrics, defined once, on an injectable registry (names are contract).
+
+The denoising loop only fills plain report objects; `Metrics.observe` turns a finished request into
+metric updates on the event loop, after the response is built, never inside the per-step callback.
+Label sets are bounded by the config: deployments, variants, detectors and outcomes; never prompts,
+seeds or request ids. Every child series is created at zero up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+
+from latentguard.detectors import DETECTOR_NAMES, Report
+
+Outcome = Literal["ok", "flagged", "aborted", "rejected", "error"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error")
+GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error")
+
+
+@dataclass(frozen=True)
+class DeploymentLabels:
+    deployment: str
+    family: str
+    variant: str
+
+
+def outcome_of(report: Report) -> Outcome:
+    return {"pass": "ok", "flag": "flagged", "abort": "aborted"}[report.verdict]  # type: ignore[return-value]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, deployments: Iterable[DeploymentLabels]):
+        disable_created_metrics()  # *_created gauges only add series; process-wide, set once here
+        self.registry = registry
+        self.requests = Counter(
+            "latentguard_requests",
+            "Generate/Inspect requests by outcome.",
+            ["deployment", "family", "variant", "outcome"],
+            registry=registry,
+        )
+        self.artifacts = Counter(
+            "latentguard_artifacts",
+            "Requests flagged by each detector.",
+            ["deployment", "family", "variant", "detector"],
+            registry=registry,
+        )
+        self.detector_score = Histogram(
+            "latentguard_detector_score",
+            "Per-request detector score (max over steps, step-normalised).",
+            ["deployment", "detector"],
+            registry=registry,
+            buckets=(-2, -1, 0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50),
+        )
+        self.step_check = Histogram(
+            "latentguard_step_check_seconds",
+            "Guardrail cost per denoising step.",
+            ["deployment"],
+            registry=registry,
+            buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1),
+        )
+        self.generation = Histogram(
+            "latentguard_generation_seconds",
+            "Wall time of a generation request.",
+            ["deployment", "outcome"],
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.labels = {d.deployment: d for d in deployments}
+        for d in self.labels.values():
+            for outcome in OUTCOMES:
+                self.requests.labels(d.deployment, d.family, d.variant, outcome)
+            for det in DETECTOR_NAMES:
+                self.artifacts.labels(d.deployment, d.family, d.variant, det)
+                self.detector_score.labels(d.deployment, det)
+            self.step_check.labels(d.deployment)
+            for outcome in GENERATION_OUTCOMES:
+                self.generation.labels(d.deployment, outcome)
+
+    def observe(self, report: Report, seconds: float | None = None) -> None:
+        """A finished request (Generate or Inspect session)."""
+        d = self.labels[report.deployment]
+        outcome = outcome_of(report)
+        self.requests.labels(d.deployment, d.family, d.variant, outcome).inc()
+        for det in report.detectors:
+            if det.flagged:
+                self.artifacts.labels(d.deployment, d.family, d.variant, det.name).inc()
+            if not det.error:
+                self.detector_score.labels(d.deployment, det.name).observe(det.score)
+        per_step = self.step_check.labels(d.deployment)
+        for step in report.steps:
+            per_step.observe(step.guard_seconds)
+        if seconds is not None:
+            self.generation.labels(d.deployment, outcome).observe(seconds)
+
+    def reject(self, deployment: str) -> None:
+        d = self.labels.get(deployment)
+        if d is not None:  # unknown deployments are not a label value
+            self.requests.labels(d.deployment, d.family, d.variant, "rejected").inc()
+
+    def error(self, deployment: str, seconds: float | None = None) -> None:
+        d = self.labels.get(deployment)
+        if d is not None:
+            self.requests.labels(d.deployment, d.family, d.variant, "error").inc()
+            if seconds is not None:
+                self.generation.labels(d.deployment, "error").observe(seconds)

@@ -1,0 +1,286 @@
+"""The core service: deployments, admission, workers, cancellation, sessions. No gRPC in here.
+
+Each deployment has one worker thread (one pipeline, one device) and an admission count of
+1 running + `max_queue` waiting; beyond that a request is refused at once (ResourceExhausted),
+never queued without bound. Model work runs on the worker, off the event loop. A cancelled or
+expired request stops denoising at the next step boundary through the pipeline's interrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from latentguard.detectors import Report, RequestGuard
+from latentguard.server.config import Settings
+from latentguard.server.deployments import Deployment, load_deployment
+from latentguard.server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from latentguard.server.metrics import DeploymentLabels, Metrics
+from latentguard.server.requests import GenerateRequest, resolve
+from latentguard.server.runner import GenerateResult, PipelineRunner, build_report
+
+log = logging.getLogger(__name__)
+State = Literal["warming", "serving", "draining"]
+TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Cancellation:
+    """Set from the event loop (client cancel) or by the clock (deadline); read by the worker each step."""
+
+    def __init__(self, timeout: float | None = None):
+        self._event = threading.Event()
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.expired
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What happened to one finished request (kept for the last few hundred, for introspection)."""
+
+    deployment: str
+    outcome: str
+    steps_run: int
+    steps_requested: int
+
+
+class DeploymentWorker:
+    def __init__(self, dep: Deployment, settings: Settings):
+        self.dep = dep
+        self.runner = PipelineRunner(dep, backend=settings.backend)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"lg-{dep.name}")
+        self.capacity = 1 + dep.config.max_queue
+        self.admitted = 0  # touched only on the event loop
+
+    def reserve(self) -> None:
+        if self.admitted >= self.capacity:
+            raise ResourceExhausted(
+                f"deployment {self.dep.name} is at capacity "
+                f"({self.capacity - 1} queued + 1 running); retry later"
+            )
+        self.admitted += 1
+
+    def release(self) -> None:
+        self.admitted -= 1
+
+
+class InspectSession:
+    """Sidecar mode: scores latents an external pipeline streams in, step by step."""
+
+    def __init__(self, dep: Deployment, sigmas: list[float], initial: torch.Tensor):
+        if len(sigmas) < 2:
+            raise InvalidArgument("the first Inspect frame must carry the sigma schedule (steps + 1 values)")
+        self.dep = dep
+        self.started = time.perf_counter()
+        self.guard = RequestGuard(dep.detectors, dep.policies, initial, sigmas)
+        self.expected_shape = tuple(initial.shape)
+
+    def step(self, step: int, latents: torch.Tensor) -> tuple[str, list[str], dict[str, float]]:
+        if step != self.guard.steps_run:
+            raise InvalidArgument(
+                f"Inspect frames must arrive in step order: expected {self.guard.steps_run}, got {step}"
+            )
+        if step >= len(self.guard.sigmas) - 1:
+            raise InvalidArgument(f"step {step} is beyond the schedule ({len(self.guard.sigmas) - 1} steps)")
+        if tuple(latents.shape) != self.expected_shape:
+            raise InvalidArgument(
+                f"latents shape {tuple(latents.shape)} differs from the initial {self.expected_shape}"
+            )
+        abort = self.guard.check(step, latents)
+        scores = {n: float(v[-1][0]) for n, v in self.guard.scores.items() if v and torch.isfinite(v[-1][0])}
+        flagged = [n for n, fs in self.guard.first_step.items() if int(fs[0]) == step]
+        verdict = "abort" if abort else self.guard.verdict(0)
+        return verdict, flagged, scores
+
+    def report(self) -> Report:
+        steps = len(self.guard.sigmas) - 1
+        return build_report(self.dep, self.guard, 0, steps, "", time.perf_counter() - self.started, False)
+
+
+def decode_tensor(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+    if dtype not in TENSOR_DTYPES:
+        raise InvalidArgument(f"unsupported latents dtype {dtype!r}; expected one of {sorted(TENSOR_DTYPES)}")
+    if len(shape) != 4 or any(s <= 0 for s in shape):
+        raise InvalidArgument(f"latents shape must be [B, C, H, W] with positive sizes, got {list(shape)}")
+    tdtype = TENSOR_DTYPES[dtype]
+    expected = int(torch.tensor(shape).prod()) * torch.empty((), dtype=tdtype).element_size()
+    if len(data) != expected:
+        raise InvalidArgument(f"latents have {len(data)} bytes; {dtype} {list(shape)} needs {expected}")
+    return torch.frombuffer(bytearray(data), dtype=tdtype).reshape(shape)
+
+
+class GuardrailService:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.state: State = "warming"
+        self.workers: dict[str, DeploymentWorker] = {}
+        self.inspect_executor = ThreadPoolExecutor(
+            min(4, settings.max_inspect_sessions), thread_name_prefix="lg-inspect"
+        )
+        self.inspect_sessions = 0
+        self.recent: deque[RequestRecord] = deque(maxlen=256)
+        self.on_state_change: Callable[[State], None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        if self.on_state_change is not None:
+            self.on_state_change(state)
+
+    async def start(self) -> None:
+        """Load every deployment (and warm it up) off the event loop, then report SERVING."""
+        for cfg in self.settings.deployments:
+            dep = await asyncio.to_thread(load_deployment, cfg, self.settings.device)
+            worker = DeploymentWorker(dep, self.settings)
+            if self.settings.warmup:
+                warm = resolve(GenerateRequest(dep.name, "warm-up", steps=2), dep, self.settings.limits)
+                await asyncio.get_running_loop().run_in_executor(
+                    worker.executor, worker.runner.generate, warm
+                )
+            self.workers[dep.name] = worker
+            log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
+        self._set_state("serving")
+
+    def drain(self) -> None:
+        self._set_state("draining")
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.executor.shutdown(wait=False, cancel_futures=True)
+        self.inspect_executor.shutdown(wait=False, cancel_futures=True)
+
+    def _check_serving(self) -> None:
+        if self.state != "serving":
+            raise Unavailable(f"latentguard is {self.state}; retry on another replica or later")
+
+    def worker(self, name: str) -> DeploymentWorker:
+        self._check_serving()
+        if name not in self.workers:
+            raise NotFound(f"unknown deployment {name!r}; serving: {', '.join(self.workers)}")
+        return self.workers[name]
+
+    def deployments(self) -> list[Deployment]:
+        return [w.dep for w in self.workers.values()]
+
+    # --- Generate --------------------------------------------------------------------------------
+    async def generate(
+        self,
+        req: GenerateRequest,
+        cancel: Cancellation,
+        on_step: Callable[[int, RequestGuard], None] | None = None,
+        decode: bool = True,
+    ) -> GenerateResult:
+        worker = self.worker(req.deployment)
+        try:
+            resolved = resolve(req, worker.dep, self.settings.limits)
+            worker.reserve()
+        except (InvalidArgument, ResourceExhausted):
+            self.metrics.reject(req.deployment)
+            raise
+        start = time.perf_counter()
+        job = asyncio.get_running_loop().run_in_executor(
+            worker.executor,
+            lambda: worker.runner.generate(
+                resolved, should_stop=cancel.should_stop, on_step=on_step, decode=decode
+            ),
+        )
+        caller_left = False
+        try:
+            try:
+                result = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # the caller cancelled or its deadline passed: stop denoising at the next step boundary and
+                # wait for the worker, so admission and the record reflect what really ran
+                caller_left = True
+                cancel.cancel()
+                result = await job
+        finally:
+            worker.release()
+        report, seconds = result.report, time.perf_counter() - start
+        stopped_early = report.steps_run < report.steps_requested and report.verdict != "abort"
+        if stopped_early and cancel.expired:
+            self._record(report, "error")
+            self.metrics.error(req.deployment, seconds)
+            raise DeadlineExceeded(
+                f"deadline exceeded after {report.steps_run} of {report.steps_requested} steps; "
+                "denoising stopped"
+            )
+        if caller_left:
+            self._record(report, "cancelled")
+            log.info("request on %s cancelled after %d steps", req.deployment, report.steps_run)
+            raise asyncio.CancelledError()
+        self._record(report, report.verdict)
+        self.metrics.observe(report, seconds)
+        return result
+
+    def _record(self, report: Report, outcome: str) -> None:
+        self.recent.append(
+            RequestRecord(report.deployment, outcome, report.steps_run, report.steps_requested)
+        )
+
+    # --- Inspect ---------------------------------------------------------------------------------
+    @contextmanager
+    def inspect_admission(self) -> Iterator[None]:
+        self._check_serving()
+        if self.inspect_sessions >= self.settings.max_inspect_sessions:
+            raise ResourceExhausted(
+                f"{self.inspect_sessions} Inspect sessions open; the limit is "
+                f"{self.settings.max_inspect_sessions}"
+            )
+        self.inspect_sessions += 1
+        try:
+            yield
+        finally:
+            self.inspect_sessions -= 1
+
+    async def open_session(
+        self, deployment: str, sigmas: list[float], initial: torch.Tensor
+    ) -> InspectSession:
+        dep = self.worker(deployment).dep
+        return InspectSession(dep, sigmas, initial)
+
+    async def inspect_step(
+        self, session: InspectSession, step: int, latents: torch.Tensor
+    ) -> tuple[str, list[str], dict[str, float]]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.inspect_executor, session.step, step, latents
+        )
+
+    def finish_session(self, session: InspectSession) -> Report:
+        report = session.report()
+        self._record(report, report.verdict)
+        self.metrics.observe(report)
+        return report
+
+
+def deployment_labels(settings: Settings) -> list[DeploymentLabels]:
+    return [DeploymentLabels(d.name, d.family, d.variant) for d in settings.deployments]

@@ -1,0 +1,129 @@
+"""Metrics on the real /metrics port of a real server; promtool lint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from latentguard.server.client import channel
+from latentguard.v1 import guardrail_pb2 as pb
+from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+from .grpc_harness import ServerThread, make_settings
+
+CONTRACT = {
+    "latentguard_requests": "counter",
+    "latentguard_artifacts": "counter",
+    "latentguard_detector_score": "histogram",
+    "latentguard_step_check_seconds": "histogram",
+    "latentguard_generation_seconds": "histogram",
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerThread(make_settings()).start()
+    yield srv
+    srv.stop()
+
+
+def scrape(server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels) -> float:
+    return samples(text)[(name, tuple(sorted(labels.items())))]
+
+
+def test_contract_names_exist_with_series_at_zero_before_traffic():
+    srv = ServerThread(make_settings()).start()
+    try:
+        text = scrape(srv)
+    finally:
+        srv.stop()
+    families = {
+        f.name: f.type for f in text_string_to_metric_families(text) if f.name.startswith("latentguard")
+    }
+    assert families == CONTRACT
+    for outcome in ("ok", "flagged", "aborted", "rejected", "error"):
+        assert (
+            value(
+                text,
+                "latentguard_requests_total",
+                deployment="tiny-flux",
+                family="flux",
+                variant="fp32",
+                outcome=outcome,
+            )
+            == 0
+        )
+    for det in ("spectral_residual", "latent_variance", "over_smoothing", "non_finite"):
+        assert (
+            value(
+                text,
+                "latentguard_artifacts_total",
+                deployment="tiny-sd3",
+                family="sd3",
+                variant="fp32",
+                detector=det,
+            )
+            == 0
+        )
+    assert "prompt" not in text and "seed" not in text
+
+
+def test_traffic_moves_the_right_series(server):
+    stub = pb_grpc.GuardrailStub(channel(server.target))
+    before = scrape(server)
+    stub.Generate(
+        pb.GenerateRequest(deployment="tiny-sd3", prompt="a fox", steps=6, skip_image=True), timeout=60
+    )
+    stub.Generate(
+        pb.GenerateRequest(deployment="tiny-sd3", prompt="a fox", drill="blur:step=2", skip_image=True),
+        timeout=60,
+    )
+    stub.Generate(pb.GenerateRequest(deployment="tiny-sd3", prompt="a fox", drill="nan:step=1"), timeout=60)
+    with pytest.raises(grpc.RpcError):
+        stub.Generate(pb.GenerateRequest(deployment="tiny-sd3", prompt=""), timeout=10)
+    after = scrape(server)
+    labels = {"deployment": "tiny-sd3", "family": "sd3", "variant": "fp32"}
+
+    def delta(name, **extra):
+        return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
+
+    assert delta("latentguard_requests_total", outcome="ok") == 1
+    assert delta("latentguard_requests_total", outcome="flagged") == 1
+    assert delta("latentguard_requests_total", outcome="aborted") == 1
+    assert delta("latentguard_requests_total", outcome="rejected") == 1
+    assert delta("latentguard_artifacts_total", detector="over_smoothing") == 1
+    assert delta("latentguard_artifacts_total", detector="non_finite") == 1
+    steps = value(after, "latentguard_step_check_seconds_count", deployment="tiny-sd3") - value(
+        before, "latentguard_step_check_seconds_count", deployment="tiny-sd3"
+    )
+    assert steps == 6 + 12 + 2  # every step checked is one observation; the abort stopped at step 1
+    gen = value(
+        after, "latentguard_generation_seconds_count", deployment="tiny-sd3", outcome="aborted"
+    ) - value(before, "latentguard_generation_seconds_count", deployment="tiny-sd3", outcome="aborted")
+    assert gen == 1
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make test installs it)")
+def test_promtool_check_metrics_is_clean(server):
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=scrape(server), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
