@@ -40,8 +40,8 @@ lint: $(STAMP)
 
 ## profiles: regenerate the shipped calibration profiles of the built-in deployments
 profiles: $(STAMP)
-	$(BIN)/latentguard calibrate --deployment tiny-sd3 --out server/profiles/tiny-sd3.json
-	$(BIN)/latentguard calibrate --deployment tiny-flux --out server/profiles/tiny-flux.json
+	$(BIN)/latentguard calibrate --deployment tiny-sd3 --seeds 16 --out server/profiles/tiny-sd3.json
+	$(BIN)/latentguard calibrate --deployment tiny-flux --seeds 16 --out server/profiles/tiny-flux.json
 
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)

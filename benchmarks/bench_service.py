@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import logging
 import platform
 import queue
 import statistics
@@ -60,11 +61,12 @@ def loopback_settings(**overrides) -> Settings:
     return Settings(host="127.0.0.1", port=0, metrics_port=0, **overrides)
 
 
-def bench_guard_overhead(steps: int, repeats: int) -> dict[str, float]:
-    pipe = tiny.tiny_sd3(num_layers=6, attention_head_dim=64)
+def bench_guard_overhead(steps: int, repeats: int, layers: int, head_dim: int) -> dict[str, float]:
+    pipe = tiny.tiny_sd3(num_layers=layers, attention_head_dim=head_dim)
     pipe.set_progress_bar_config(disable=True)
     cfg = DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=64)
     dep = Deployment(config=cfg, pipe=pipe, family=FAMILIES["sd3"], fingerprint=fingerprint(pipe))
+    logging.getLogger("latentguard").setLevel(logging.ERROR)  # the widened model is not the profiled one
     attach_profile(dep)  # the built-in profile's envelopes: the cost, not the verdicts, is measured here
     runner = PipelineRunner(dep)
     size, guidance = 512, 4.5
@@ -186,10 +188,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--layers", type=int, default=2, help="widened tiny-sd3: transformer layers")
+    parser.add_argument("--head-dim", type=int, default=32, help="widened tiny-sd3: head dim (4 heads)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     results: dict[str, float] = {}
-    results.update(bench_guard_overhead(steps=24, repeats=2 if args.quick else 5))
+    repeats = 2 if args.quick else 5
+    results.update(
+        bench_guard_overhead(steps=24, repeats=repeats, layers=args.layers, head_dim=args.head_dim)
+    )
     results.update(bench_grpc_vs_inprocess(repeats=3 if args.quick else 10))
     results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
     for k, v in results.items():

@@ -55,7 +55,7 @@ def interp_sigma(table: torch.Tensor, grid: torch.Tensor, sigma: torch.Tensor) -
         return table[torch.zeros_like(sigma, dtype=torch.long)]
     lo = hi - 1
     w = (sigma - grid[lo]) / (grid[hi] - grid[lo]).clamp_min(1e-12)
-    w = w.reshape(*w.shape, *([1] * (table.ndim - 1)))
+    w = w.reshape(tuple(w.shape) + (1,) * (table.ndim - 1))
     return table[lo] * (1 - w) + table[hi] * w
 
 
@@ -82,6 +82,7 @@ class Detector(ABC):
         self._loc2: torch.Tensor | None = None
         self._scale2: torch.Tensor | None = None
         self.threshold: float | None = None
+        self._step_envelopes: dict[float, tuple[torch.Tensor, ...]] = {}
 
     @abstractmethod
     def feature(self, stats: TrajectoryStats) -> torch.Tensor:
@@ -95,21 +96,31 @@ class Detector(ABC):
     def _reduce(self, z: torch.Tensor) -> torch.Tensor:
         return z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
 
-    def _channel_scores(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
+    def _envelope(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(loc, scale, loc2, scale2) interpolated at noise levels `sigma` [...]."""
         if self._grid is None or self._loc is None or self._scale is None:
             raise NotFittedError(f"{self.name}: call fit() or load_state_dict() first")
-        f = self.feature(stats).float()
-        z = (f - interp_sigma(self._loc, self._grid, sigma)) / interp_sigma(self._scale, self._grid, sigma)
-        z = torch.nan_to_num(z, nan=0.0, posinf=1e6, neginf=-1e6)
+        tables = (self._loc, self._scale, self._loc2, self._scale2)
+        return tuple(interp_sigma(t, self._grid, sigma) for t in tables if t is not None)
+
+    def _channel_scores(self, stats: TrajectoryStats, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        z = torch.nan_to_num((self.feature(stats).double() - loc) / scale, nan=0.0, posinf=1e6, neginf=-1e6)
         return self._reduce(z.abs() if self.direction == 0 else self.direction * z)
 
     def score(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
         """Step-normalised risk score for stats [..., C] at noise levels `sigma` [...]; higher is riskier."""
-        r = self._channel_scores(stats, sigma)
-        assert self._grid is not None and self._loc2 is not None and self._scale2 is not None
-        return (r - interp_sigma(self._loc2, self._grid, sigma)) / interp_sigma(
-            self._scale2, self._grid, sigma
-        )
+        loc, scale, loc2, scale2 = self._envelope(sigma)
+        return (self._channel_scores(stats, loc, scale) - loc2) / scale2
+
+    def step_score(self, stats: TrajectoryStats, sigma: float) -> torch.Tensor:
+        """`score` for one step of a live request ([B, C] stats, one sigma), envelope cached per sigma."""
+        env = self._step_envelopes.get(sigma)
+        if env is None:
+            if len(self._step_envelopes) > 4096:  # schedules are few; bound it anyway
+                self._step_envelopes.clear()
+            env = self._step_envelopes[sigma] = self._envelope(torch.tensor(sigma, dtype=torch.float64))
+        loc, scale, loc2, scale2 = env
+        return (self._channel_scores(stats, loc, scale) - loc2) / scale2
 
     def trajectory_scores(self, series: TrajectoryStats, sigmas: list[float]) -> torch.Tensor:
         """[N, S] scores of a trajectory batch whose steps were taken at `sigmas`."""
@@ -125,9 +136,8 @@ class Detector(ABC):
         f = self.feature(reference).double()[:, order]
         self._loc = f.mean(dim=0)
         self._scale = f.std(dim=0).clamp_min(_MIN_SCALE) + _MIN_SCALE * self._loc.abs()
-        self._loc2 = torch.zeros(s, dtype=torch.float64)
-        self._scale2 = torch.ones(s, dtype=torch.float64)
-        r = self._channel_scores(reference.index((slice(None), order)), self._grid.expand(len(f), s))
+        self._step_envelopes.clear()
+        r = self._channel_scores(reference.index((slice(None), order)), self._loc, self._scale)
         self._loc2 = r.mean(dim=0)
         self._scale2 = r.std(dim=0).clamp_min(_MIN_SCALE)
         return self
@@ -165,6 +175,7 @@ class Detector(ABC):
         as_t = lambda k: torch.tensor(state[k], dtype=torch.float64)  # noqa: E731
         self._grid, self._loc, self._scale = as_t("grid"), as_t("loc"), as_t("scale")
         self._loc2, self._scale2 = as_t("loc2"), as_t("scale2")
+        self._step_envelopes.clear()
         self.threshold = float(state["threshold"])
         return self
 

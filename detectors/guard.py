@@ -46,14 +46,13 @@ class RequestGuard:
         """Score the step that produced `latents`; True when the request must abort now."""
         start = time.perf_counter()
         stats = self.monitor.observe(step, latents)
-        sigma = torch.full((self.batch,), self.sigmas[step], dtype=torch.float64)
         abort = False
         for name, det in self.detectors.items():
             policy = self.policies[name]
             try:
                 if name in self.errors:
                     raise RuntimeError(self.errors[name])
-                score = det.score(stats, sigma).double()
+                score = det.step_score(stats, self.sigmas[step]).double()
                 assert det.threshold is not None
                 flagged = score > det.threshold
             except Exception as exc:  # a detector bug must not take the request down

@@ -36,6 +36,9 @@ class NonFinite(Detector):
     def score(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
         return self.feature(stats).sum(dim=-1)
 
+    def step_score(self, stats: TrajectoryStats, sigma: float) -> torch.Tensor:
+        return self.feature(stats).sum(dim=-1)
+
     def fit(self, reference: TrajectoryStats, sigmas: list[float]) -> NonFinite:
         return self
 

@@ -90,3 +90,12 @@ def test_other_schedules_interpolate_the_envelope_in_sigma(name, data):
     mid = [(a + b) / 2 for a, b in itertools.pairwise(SIGMAS)] + [0.0]
     scores = torch.tensor([r.score for r in det.predict(data[2], mid)])
     assert scores.median() < det.threshold
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_live_step_score_equals_the_batch_score(name, data):
+    det = fitted(name, data)
+    batch = det.trajectory_scores(data[2], SIGMAS)
+    for step in range(batch.shape[1]):
+        live = det.step_score(data[2].index((slice(None), step)), SIGMAS[step])
+        torch.testing.assert_close(live.double(), batch[:, step].double())

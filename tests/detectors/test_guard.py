@@ -12,7 +12,7 @@ SIGMAS = [1.0, 0.75, 0.5, 0.25, 0.0]
 class Broken(OverSmoothing):
     name = "over_smoothing"
 
-    def score(self, stats, sigma):
+    def step_score(self, stats, sigma):
         raise RuntimeError("detector bug")
 
 

@@ -175,6 +175,8 @@ def test_inspect_sidecar_matches_the_in_process_guard(server, deployments):
         latents=noise,
         output_type="latent",
         max_sequence_length=64,
+        height=256,
+        width=256,
         guidance_scale=dep.config.guidance_scale,
         callback_on_step_end=cb,
     )
@@ -209,6 +211,8 @@ def test_inspect_aborts_the_external_pipeline_on_nan(server, deployments):
         latents=dep.family.to_pipeline(noise),
         output_type="latent",
         max_sequence_length=64,
+        height=256,
+        width=256,
         callback_on_step_end=corrupting,
     )
     assert cb.verdicts[-1].verdict == "abort" and "non_finite" in cb.verdicts[-1].flagged
