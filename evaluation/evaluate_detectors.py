@@ -5,7 +5,7 @@
 
 For each deployment: `--benign-runs` benign runs and, for each drill kind at each strength, `--runs`
 drilled runs, all on evaluation prompts and seeds disjoint from calibration (prompts from
-server/prompts/evaluation.txt, seeds from 100000; calibration uses seeds below 1000). Injection steps
+server/prompts/evaluation.txt, seeds from 100000; calibration uses seeds below 1600). Injection steps
 cycle over 2, 4, 6, 8 by batch. Strength is relative to the per-channel std of x0_hat (drills.py).
 The guard runs with the shipped calibration profile, exactly as in the service (annotate-only, so
 every step is scored). Writes evaluation/results.md and evaluation/results.json.

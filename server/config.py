@@ -100,11 +100,16 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Defaults < YAML file < environment < `overrides` (command-line flags; None means unset)."""
         data: dict[str, Any] = {}
         if path is not None:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
             data.update(loaded)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        settings = cls(**data)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(flags) - set(cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {sorted(unknown)}")
+        return settings.model_copy(update=flags) if flags else settings

@@ -7,21 +7,14 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from latentguard.server.client import channel
+from latentguard.server.process import ServeProcess
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -35,54 +28,17 @@ DRILLS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    health = health_pb2_grpc.HealthStub(channel(target))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                == health_pb2.HealthCheckResponse.SERVING
-            ):
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit("server did not become SERVING in time")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=3, help="benign requests per deployment")
     args = parser.parse_args()
-    port, mport = _free_port(), _free_port()
-    target = f"127.0.0.1:{port}"
+    server = ServeProcess(grace_seconds=30)
+    target, mport = server.target, server.metrics_port
     console.print(f"[bold]starting[/bold] latentguard serve on {target} (metrics :{mport})")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "latentguard.server.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(mport),
-        ],
-        env={**os.environ, "LATENTGUARD_GRACE_SECONDS": "30"},
-    )
     try:
-        _wait_serving(target, proc)
+        server.wait_serving()
         stub = pb_grpc.GuardrailStub(channel(target))
         table = Table(
             "deployment", "seed", "drill", "verdict", "flagged (first step)", "steps", "guard ms/step"
@@ -137,8 +93,7 @@ def main() -> None:
             )
         console.print(rates)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
+        code = server.terminate()
         console.print(f"server drained and exited with code {code}")
 
 

@@ -92,3 +92,40 @@ def test_calibrate_writes_a_profile_that_loads(tmp_path):
     profile = CalibrationProfile.load(out)
     assert profile.report.calibration_runs == 60 and profile.report.calibration_union_fpr <= 0.05
     assert set(profile.build()) == {"spectral_residual", "latent_variance", "over_smoothing", "non_finite"}
+
+
+def test_generate_against_a_running_server(tmp_path):
+    from latentguard.server.background import BackgroundServer
+    from latentguard.server.config import Settings
+
+    srv = BackgroundServer(Settings(host="127.0.0.1", port=0, metrics_port=0)).start()
+    try:
+        out, rep = tmp_path / "fox.png", tmp_path / "r.json"
+        result = runner.invoke(
+            app,
+            [
+                "generate",
+                "--target",
+                srv.target,
+                "--deployment",
+                "tiny-flux",
+                "--prompt",
+                "a fox",
+                "--drill",
+                "nan:step=2",
+                "--report",
+                str(rep),
+                "--out",
+                str(out),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(rep.read_text())
+        assert report["verdict"] == "abort" and report["steps_run"] == 3 and not out.exists()
+        assert "verdict abort" in result.output
+        result = runner.invoke(
+            app, ["generate", "--target", srv.target, "--deployment", "nope", "--prompt", "x"]
+        )
+        assert result.exit_code == 2 and "NOT_FOUND" in result.output
+    finally:
+        srv.stop()

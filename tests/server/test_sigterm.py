@@ -2,64 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latentguard.server.client import channel
+from latentguard.server.process import ServeProcess
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_serving(target: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    health = health_pb2_grpc.HealthStub(channel(target))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become SERVING")
-
-
 def test_sigterm_loses_no_request_in_flight(tmp_path):
-    port, mport = free_port(), free_port()
-    env = {**os.environ, "LATENTGUARD_GRACE_SECONDS": "60"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "latentguard.server.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(mport),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    target = f"127.0.0.1:{port}"
+    server = ServeProcess(grace_seconds=60, stderr=subprocess.DEVNULL)
     try:
-        wait_serving(target, proc)
+        server.wait_serving()
+        target = server.target
         stub = pb_grpc.GuardrailStub(channel(target))
         results: list[object] = []
 
@@ -74,7 +34,7 @@ def test_sigterm_loses_no_request_in_flight(tmp_path):
         for t in threads:
             t.start()
         time.sleep(1.0)  # all three admitted: one running per deployment, one queued
-        proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         try:
             stub.Generate(pb.GenerateRequest(deployment="tiny-flux", prompt="late"), timeout=5)
@@ -85,7 +45,6 @@ def test_sigterm_loses_no_request_in_flight(tmp_path):
             t.join(timeout=120)
         assert results == [40, 40, 40], results
         assert late == grpc.StatusCode.UNAVAILABLE
-        assert proc.wait(timeout=60) == 0
+        assert server.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        server.kill()
