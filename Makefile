@@ -47,6 +47,11 @@ profiles: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/python evaluation/evaluate_detectors.py
 
+## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), then service benchmarks
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_kernels.py
+	$(BIN)/python benchmarks/bench_service.py
+
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache
 

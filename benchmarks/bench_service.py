@@ -14,13 +14,9 @@ Results are printed and appended to benchmarks/results.csv with device, commit a
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import logging
-import platform
 import queue
 import statistics
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +26,7 @@ import torch
 warnings.filterwarnings("ignore")
 
 from latentguard.detectors import DetectorPolicy  # noqa: E402
+from run_record import append_row  # noqa: E402
 from latentguard.server import tiny  # noqa: E402
 from latentguard.server.background import BackgroundServer  # noqa: E402
 from latentguard.server.config import DeploymentConfig, Limits, Settings  # noqa: E402
@@ -38,23 +35,6 @@ from latentguard.server.requests import GenerateRequest, resolve  # noqa: E402
 from latentguard.server.runner import PipelineRunner, initial_noise  # noqa: E402
 
 HERE = Path(__file__).parent
-
-
-def device_name() -> str:
-    return (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"cpu ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
-    )
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def loopback_settings(**overrides) -> Settings:
@@ -201,20 +181,7 @@ def main() -> None:
     results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
     for k, v in results.items():
         print(f"{k:24s} {v:10.3f}")
-    row = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": commit(),
-        "device": device_name(),
-        **{k: f"{v:.4f}" for k, v in results.items()},
-    }
-    out = HERE / "results.csv"
-    new = not out.exists()
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    print(f"appended to {out}")
+    append_row(HERE / "results.csv", results)
 
 
 if __name__ == "__main__":

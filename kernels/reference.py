@@ -1,44 +1,45 @@
-"""Torch reference of `trajectory_stats`: the runtime path off-GPU and the oracle for every kernel.
+"""Fast torch path of `trajectory_stats`: the runtime backend off-GPU.
 
-For x of shape [B, C, H, W] (any float dtype, read once and upcast to fp32):
+For x of shape [B, C, H, W] (any float dtype, or a PackedInt4; upcast to fp32 once):
 
     m      = mean(x)                       over finite values; non-finite values count as 0
-    v      = mean((x - m)^2) = sum(P) / (HW)^2      (Parseval, from the spectrum)
-    F      = rfft2(x - m)                  half spectrum, columns 0 .. W//2
+    F      = rfft2(x), F[0, 0] = 0         = rfft2(x - m): removing the mean only zeroes DC
     P      = |F|^2, weighted 2x on columns that stand for a conjugate pair (so sums equal fft2's)
+    v      = sum(P) / (HW)^2               Parseval
     hf     = sum(P[r >= HF_CUTOFF]) / sum(P)      r = radial frequency in cycles/pixel
-    L      = log(sqrt(P) + eps),  DC replaced by the mean log amplitude (mean removal zeroes it)
+    L      = log(P + eps) (= 2 log amplitude), DC replaced by the mean of L over the full spectrum
     R      = L - box3x3(L)                 box over the periodic full spectrum (Hou & Zhang 2007)
-    sr     = max R over r >= HF_CUTOFF,   sr_freq its radial frequency
+    sr     = max R / 2 over r >= HF_CUTOFF, sr_freq its radial frequency
     prof_k = sum(P in radial bin k) / sum(P)
 
 The 3x3 neighbourhood of a half-spectrum column 0 or W//2 reaches into the other half; by conjugate
-symmetry |F[k, -j]| = |F[-k, j]|, so those columns are the neighbours mirrored in k.
+symmetry |F[k, -j]| = |F[-k, j]|, so those columns are the neighbours mirrored in k. One gather
+with a precomputed index builds the extended [H+2, Wr+2] plane; the box is then two separable sums.
 
-Everything is batched over B x C: one rfft2, one small matmul for the band sums, a separable box sum;
-no Python loop over channels.
+Everything is batched over B x C: one rfft2, one small matmul for all band sums, no Python loop
+over channels, in-place epilogue. `naive.py` has the same statistics computed the plain way.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
-from latentguard.kernels.stats import HF_CUTOFF, RADIAL_BINS, TrajectoryStats
-
-_EPS_REL = 1e-10
-_EPS_ABS = 1e-30
+from latentguard.kernels.naive import EPS_ABS, EPS_REL
+from latentguard.kernels.packing import PackedInt4, unpack_int4
+from latentguard.kernels.stats import RADIAL_BINS, TrajectoryStats, radial_bands
 
 
 @functools.lru_cache(maxsize=32)
-def spectrum_geometry(h: int, w: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(radius [H, Wr], band offset [H, Wr], band matrix [H*Wr, RADIAL_BINS + 2]).
+def spectrum_geometry(
+    h: int, w: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(radius [H*Wr], band offset [H, Wr], band matrix [RADIAL_BINS + 2, H*Wr], box gather index).
 
     The band offset is 0 in the high-frequency band and -inf outside (added before the peak search).
-    The band matrix maps a flattened half-spectrum power to (total, high-frequency, bins...) with
-    the conjugate-pair column weights folded in.
+    The band matrix maps a flattened half-spectrum power to (total, high-frequency, bins...) with the
+    conjugate-pair column weights folded in. The gather index builds the extended plane for the box.
     """
     wr = w // 2 + 1
     fy = torch.fft.fftfreq(h, dtype=torch.float64)
@@ -49,36 +50,38 @@ def spectrum_geometry(h: int, w: int, device: str = "cpu") -> tuple[torch.Tensor
     if w % 2 == 0:
         col_weight[-1] = 1.0
     weight = col_weight.expand(h, wr)
-    hf = radius >= HF_CUTOFF
-    bin_idx = torch.clamp((radius / (math.sqrt(0.5) / RADIAL_BINS)).floor().long(), max=RADIAL_BINS - 1)
-    bands = torch.zeros(h * wr, RADIAL_BINS + 2, dtype=torch.float64)
-    bands[:, 0] = weight.flatten()
-    bands[:, 1] = (weight * hf).flatten()
-    bands[torch.arange(h * wr), 2 + bin_idx.flatten()] = weight.flatten()
+    ky = torch.minimum(torch.arange(h), h - torch.arange(h))
+    hf, bin_idx = radial_bands(ky[:, None], torch.arange(wr)[None, :], h, w)
+    bands = torch.zeros(RADIAL_BINS + 2, h * wr, dtype=torch.float64)
+    bands[0] = weight.flatten()
+    bands[1] = (weight * hf).flatten()
+    bands[2 + bin_idx.flatten(), torch.arange(h * wr)] = weight.flatten()
     offset = torch.where(hf, 0.0, float("-inf"))
-    return radius.float().to(device), offset.float().to(device), bands.float().to(device)
+
+    rows = torch.arange(-1, h + 1) % h
+    mirrored = (-rows) % h
+    index = torch.empty(h + 2, wr + 2, dtype=torch.long)
+    index[:, 1:-1] = rows[:, None] * wr + torch.arange(wr)
+    index[:, 0] = mirrored * wr + (1 if wr > 1 else 0)  # column -1 = conj of column 1
+    index[:, -1] = mirrored * wr + (w - wr)  # column wr = conj of column w - wr
+    return (
+        radius.flatten().float().to(device),
+        offset.float().to(device),
+        bands.float().to(device),
+        index.flatten().to(device),
+    )
 
 
-def _box3x3_sum_half_spectrum(lp: torch.Tensor, w: int) -> torch.Tensor:
-    """3x3 neighbourhood sum of a half-spectrum [N, H, Wr] over the periodic full spectrum."""
-    h, wr = lp.shape[-2:]
-    mirror = (-torch.arange(h, device=lp.device)) % h
-    left = lp[:, mirror, 1:2] if wr > 1 else lp[:, mirror, 0:1]
-    right = lp[:, mirror, w - wr : w - wr + 1]
-    ext = torch.cat([lp[:, -1:], lp, lp[:, :1]], dim=-2)  # rows wrap
-    side = torch.cat([left[:, -1:], left, left[:, :1], right[:, -1:], right, right[:, :1]], dim=-2)
-    ext = torch.cat([side[:, : h + 2], ext, side[:, h + 2 :]], dim=-1)
-    rows = ext[:, :-2] + ext[:, 1:-1] + ext[:, 2:]  # separable: sum 3 rows, then 3 columns
-    return rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-
-
-def trajectory_stats_reference(x: torch.Tensor) -> TrajectoryStats:
+def trajectory_stats_reference(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
+    if isinstance(x, PackedInt4):
+        x = unpack_int4(x)
     if x.ndim != 4:
         raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
-    xf = x.float()
+    n, wr = b * c, w // 2 + 1
+    xf = x.float().reshape(n, h, w)
     plane_sums = xf.sum(dim=(-2, -1))
-    nonfinite = torch.zeros((b, c), dtype=torch.long, device=x.device)
+    nonfinite = torch.zeros(n, dtype=torch.long, device=x.device)
     if not bool(torch.isfinite(plane_sums).all()):  # rare: pay for the exact per-value check only then
         bad = ~torch.isfinite(xf)
         nonfinite = bad.sum(dim=(-2, -1))
@@ -86,33 +89,38 @@ def trajectory_stats_reference(x: torch.Tensor) -> TrajectoryStats:
         plane_sums = xf.sum(dim=(-2, -1))
     mean = plane_sums / (h * w)
 
-    radius, band_offset, bands = spectrum_geometry(h, w, str(x.device))
-    spec = torch.fft.rfft2((xf - mean[..., None, None]).reshape(b * c, h, w))
-    power = (spec * spec.conj()).real.contiguous()
-    wr = power.shape[-1]
-    sums = power.reshape(b * c, h * wr) @ bands
-    total = sums[:, 0].clamp_min(_EPS_ABS)
-    var = (sums[:, 0] / (h * w) ** 2).reshape(b, c)  # Parseval: sum |F|^2 = HW sum (x - m)^2
+    radius, band_offset, bands, box_index = spectrum_geometry(h, w, str(x.device))
+    ri = torch.view_as_real(torch.fft.rfft2(xf))
+    power = torch.addcmul(ri[..., 0].square(), ri[..., 1], ri[..., 1])
+    power[:, 0, 0] = 0.0
+    flat = power.view(n, h * wr)
+    sums = (bands @ flat.t()).t()  # [n, 2 + RADIAL_BINS]: total, high-frequency, radial bins
+    total = sums[:, 0].clamp_min(EPS_ABS)
+    var = sums[:, 0] / (h * w) ** 2
     hf_ratio = sums[:, 1] / total
     profile = sums[:, 2:] / total[:, None]
 
-    # work in log power (= 2 x log amplitude) and halve only the peak
-    eps = _EPS_REL * total / (h * w) + _EPS_ABS
+    # log power, in place; DC gets the full-spectrum mean of the rest (mean removal zeroed it)
+    eps = EPS_REL * total / (h * w) + EPS_ABS
     lp = power.add_(eps[:, None, None]).log_()
-    lp[:, 0, 0] = (lp.sum(dim=(-2, -1)) - lp[:, 0, 0]) / max(h * wr - 1, 1)
-    residual = torch.sub(lp, _box3x3_sum_half_spectrum(lp, w), alpha=1 / 9).add_(band_offset)
-    sr_peak, arg = residual.reshape(b * c, h * wr).max(dim=-1)
-    sr_peak = 0.5 * sr_peak
-    sr_freq = radius.flatten()[arg]
+    lp[:, 0, 0] = (flat @ bands[0] - lp[:, 0, 0]) / max(h * w - 1, 1)
+    ext = flat.index_select(1, box_index).view(n, h + 2, wr + 2)
+    rows = ext[:, :-2] + ext[:, 1:-1]
+    rows += ext[:, 2:]
+    box = rows[..., :-2] + rows[..., 1:-1]
+    box += rows[..., 2:]
+    residual = box.mul_(-1 / 9).add_(lp).add_(band_offset)
+    sr_peak, arg = residual.view(n, h * wr).max(dim=-1)
+    sr_freq = radius[arg]
     if not bool(torch.isfinite(band_offset).any()):
-        sr_peak = torch.zeros_like(sr_peak)
+        sr_peak, sr_freq = torch.zeros_like(sr_peak), torch.zeros_like(sr_freq)
 
     return TrajectoryStats(
-        mean=mean,
-        var=var,
+        mean=mean.reshape(b, c),
+        var=var.reshape(b, c),
         hf_ratio=hf_ratio.reshape(b, c),
-        sr_peak=sr_peak.reshape(b, c),
+        sr_peak=(0.5 * sr_peak).reshape(b, c),
         sr_freq=sr_freq.reshape(b, c),
         radial_profile=profile.reshape(b, c, RADIAL_BINS),
-        nonfinite=nonfinite,
+        nonfinite=nonfinite.reshape(b, c),
     )

@@ -10,6 +10,20 @@ import torch
 HF_CUTOFF = 0.25
 #: Number of uniform radial bins between 0 and the corner frequency sqrt(0.5).
 RADIAL_BINS = 8
+_HF_DEN = round(1 / HF_CUTOFF)
+
+
+def radial_bands(ky: torch.Tensor, kx: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high-frequency mask, radial bin) for integer |frequency| indices ky (of h) and kx (of w).
+
+    Exact integer arithmetic on r^2 (HW)^2 = ky^2 W^2 + kx^2 H^2, so that every backend puts a bin
+    that sits exactly on a band edge (common at power-of-two sizes) on the same side.
+    """
+    r2 = ky.long() ** 2 * w**2 + kx.long() ** 2 * h**2
+    scale = (h * w) ** 2
+    high = r2 * _HF_DEN**2 >= scale
+    bins = sum(((k * k * scale) <= 2 * RADIAL_BINS**2 * r2).long() for k in range(1, RADIAL_BINS))
+    return high, torch.as_tensor(bins)
 
 
 @dataclass(frozen=True)

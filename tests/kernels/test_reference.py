@@ -1,44 +1,23 @@
-"""The torch reference of trajectory_stats against a plain float64 full-spectrum oracle."""
+"""The fast torch path of trajectory_stats against the plain float64 full-spectrum oracle (naive.py)."""
 
 import math
 
 import pytest
 import torch
 
-from latentguard.kernels import HF_CUTOFF, RADIAL_BINS, BackendUnavailableError, trajectory_stats
+from latentguard.kernels import (
+    RADIAL_BINS,
+    BackendUnavailableError,
+    pack_int4,
+    resolve_backend,
+    trajectory_stats,
+    unpack_int4,
+)
+from latentguard.kernels.naive import trajectory_stats_naive
 
 
 def oracle(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Straight from the definitions: full fft2 in float64, explicit rolls for the 3x3 box."""
-    x = x.double()
-    finite = torch.isfinite(x)
-    x = torch.where(finite, x, 0.0)
-    mean = x.mean((-2, -1))
-    c = x - mean[..., None, None]
-    h, w = x.shape[-2:]
-    p = torch.fft.fft2(c).abs() ** 2
-    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
-    r = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-    hf = r >= HF_CUTOFF
-    total = p.sum((-2, -1))
-    eps = 1e-10 * total / (h * w) + 1e-30
-    la = 0.5 * torch.log(p + eps[..., None, None])
-    n = h * w
-    la[..., 0, 0] = (la.sum((-2, -1)) - la[..., 0, 0]) / (n - 1)
-    box = sum(torch.roll(la, (dy, dx), (-2, -1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
-    res = (la - box).masked_fill(~hf, -math.inf)
-    bins = torch.clamp((r / (math.sqrt(0.5) / RADIAL_BINS)).floor().long(), max=RADIAL_BINS - 1)
-    profile = (
-        torch.stack([(p * (bins == k)).sum((-2, -1)) for k in range(RADIAL_BINS)], -1) / total[..., None]
-    )
-    return {
-        "mean": mean,
-        "var": c.square().mean((-2, -1)),
-        "hf_ratio": (p * hf).sum((-2, -1)) / total,
-        "sr_peak": res.flatten(-2).max(-1).values,
-        "radial_profile": profile,
-        "nonfinite": (~finite).sum((-2, -1)),
-    }
+    return trajectory_stats_naive(x.double()).as_dict()
 
 
 SHAPES = [(1, 16, 32, 32), (2, 16, 64, 64), (3, 5, 17, 23), (1, 4, 31, 8), (2, 3, 13, 13), (1, 2, 6, 7)]
@@ -94,10 +73,22 @@ def test_low_precision_inputs_equal_the_upcast_values(dtype):
     torch.testing.assert_close(got.hf_ratio.double(), want["hf_ratio"], rtol=1e-4, atol=1e-5)
 
 
-def test_backend_choice_is_explicit():
+def test_packed_int4_input_equals_its_unpacked_values():
+    x = torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(4))
+    packed = pack_int4(x)
+    got, want = trajectory_stats(packed), trajectory_stats(unpack_int4(packed))
+    for name, expected in want.as_dict().items():
+        torch.testing.assert_close(getattr(got, name), expected, msg=name)
+
+
+def test_backend_choice_is_explicit(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randn(1, 1, 8, 8)
     with pytest.raises(BackendUnavailableError, match="triton"):
         trajectory_stats(x, backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # tests may use the interpreter; 'auto' never does
+    assert resolve_backend("auto", x.device) == "reference"
+    assert resolve_backend("triton", x.device) == "triton"
     with pytest.raises(ValueError, match="unknown backend"):
         trajectory_stats(x, backend="cuda")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):

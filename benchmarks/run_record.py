@@ -1,0 +1,44 @@
+"""Where a benchmark ran and how its results are kept: one CSV row per run, with device, commit, date."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def device_name() -> str:
+    return (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
+    )
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_row(path: Path, results: dict[str, float | str]) -> None:
+    row = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "device": device_name(),
+        **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in results.items()},
+    }
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    print(f"appended to {path}")

@@ -1,0 +1,67 @@
+"""`trajectory_stats` straight from the definitions, one plane at a time: the oracle and the baseline.
+
+In float64 it is the oracle every backend is tested against; in float32 it is the op-by-op,
+per-channel eager baseline that `benchmarks/bench_kernels.py` times the fast paths against.
+Nothing here is tuned: full `fft2`, `torch.roll` for the periodic 3x3 box, one mask per band.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from latentguard.kernels.stats import RADIAL_BINS, TrajectoryStats, radial_bands
+
+EPS_REL = 1e-10
+EPS_ABS = 1e-30
+
+
+def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
+    h, w = x.shape
+    finite = torch.isfinite(x)
+    x = torch.where(finite, x, 0.0)
+    mean = x.mean()
+    centred = x - mean
+    power = torch.fft.fft2(centred).abs() ** 2
+    fy = torch.fft.fftfreq(h, dtype=x.dtype, device=x.device)
+    fx = torch.fft.fftfreq(w, dtype=x.dtype, device=x.device)
+    radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    ky = torch.minimum(torch.arange(h), h - torch.arange(h)).to(x.device)
+    kx = torch.minimum(torch.arange(w), w - torch.arange(w)).to(x.device)
+    hf, bins = radial_bands(ky[:, None], kx[None, :], h, w)
+    total = power.sum().clamp_min(EPS_ABS)
+    log_amp = 0.5 * torch.log(power + EPS_REL * total / (h * w) + EPS_ABS)
+    log_amp[0, 0] = (log_amp.sum() - log_amp[0, 0]) / max(h * w - 1, 1)  # mean removal zeroed DC
+    box = sum(torch.roll(log_amp, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    residual = (log_amp - box).masked_fill(~hf, -math.inf).flatten()
+    peak = residual.argmax()
+    has_band = bool(hf.any())
+    profile = torch.stack([power[bins == k].sum() for k in range(RADIAL_BINS)]) / total
+    return [
+        mean,
+        centred.square().mean(),
+        power[hf].sum() / total,
+        residual[peak] if has_band else torch.zeros((), dtype=x.dtype),
+        radius.flatten()[peak] if has_band else torch.zeros((), dtype=x.dtype),
+        profile,
+        (~finite).sum(),
+    ]
+
+
+def trajectory_stats_naive(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> TrajectoryStats:
+    """Per-plane loop over a [B, C, H, W] tensor, computed in `dtype`."""
+    if x.ndim != 4:
+        raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(x.shape)}")
+    b, c = x.shape[:2]
+    planes = [_plane_stats(x[i, j].to(dtype)) for i in range(b) for j in range(c)]
+    fields = [torch.stack([p[k] for p in planes]) for k in range(7)]
+    return TrajectoryStats(
+        mean=fields[0].reshape(b, c),
+        var=fields[1].reshape(b, c),
+        hf_ratio=fields[2].reshape(b, c),
+        sr_peak=fields[3].reshape(b, c),
+        sr_freq=fields[4].reshape(b, c),
+        radial_profile=fields[5].reshape(b, c, RADIAL_BINS),
+        nonfinite=fields[6].reshape(b, c),
+    )
