@@ -27,9 +27,10 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+from run_record import append_row  # noqa: E402
+
 from latentguard.kernels import pack_int4, trajectory_stats  # noqa: E402
 from latentguard.kernels.naive import trajectory_stats_naive  # noqa: E402
-from run_record import append_row  # noqa: E402
 
 HERE = Path(__file__).parent
 SIZES = [64, 128]
@@ -119,7 +120,9 @@ def bench_gpu(quick: bool) -> dict[str, float]:  # pragma: no cover - needs a GP
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     args = parser.parse_args()
     results = bench_cpu(args.quick)

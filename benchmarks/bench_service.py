@@ -25,8 +25,9 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from latentguard.detectors import DetectorPolicy  # noqa: E402
 from run_record import append_row  # noqa: E402
+
+from latentguard.detectors import DetectorPolicy  # noqa: E402
 from latentguard.server import tiny  # noqa: E402
 from latentguard.server.background import BackgroundServer  # noqa: E402
 from latentguard.server.config import DeploymentConfig, Limits, Settings  # noqa: E402
