@@ -43,6 +43,7 @@ class DeploymentConfig(BaseModel):
     max_sequence_length: int | None = None  # T5 tokens; None: the pipeline's default
     max_queue: int = Field(8, ge=0)  # requests waiting beyond the one running; more are refused
     profile: str | None = None  # calibration profile path; built-in models ship their own
+    baseline: str | None = None  # for a quantized candidate: the 16-bit deployment it may replace
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ValueError(f"deployment names must be unique, got {names}")
+        for d in self.deployments:
+            if d.baseline is not None and (d.baseline not in names or d.baseline == d.name):
+                raise ValueError(f"deployment {d.name}: baseline {d.baseline!r} must name another deployment")
         return self
 
     @classmethod

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from latentguard.detectors import DETECTOR_NAMES, Report
 
@@ -26,6 +26,7 @@ class DeploymentLabels:
     deployment: str
     family: str
     variant: str
+    baseline: str = ""  # the 16-bit deployment this one is a candidate to replace ("" for none)
 
 
 def outcome_of(report: Report) -> Outcome:
@@ -69,13 +70,42 @@ class Metrics:
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
+        # beyond the contract: what the alert rules, dashboards and autoscaler join on
+        self.detector_errors = Counter(
+            "latentguard_detector_errors",
+            "Requests in which a detector raised (handled by its fail_open / fail_closed policy).",
+            ["deployment", "detector"],
+            registry=registry,
+        )
+        self.admitted = Gauge(
+            "latentguard_admitted_requests",
+            "Requests admitted and not finished (running + queued); the autoscaling signal.",
+            ["deployment"],
+            registry=registry,
+        )
+        self.capacity = Gauge(
+            "latentguard_admission_capacity",
+            "Requests a deployment admits at once (1 running + max_queue).",
+            ["deployment"],
+            registry=registry,
+        )
+        self.info = Gauge(
+            "latentguard_deployment_info",
+            "Always 1; labels say which 16-bit baseline a quantized deployment is a candidate for.",
+            ["deployment", "family", "variant", "baseline"],
+            registry=registry,
+        )
         self.labels = {d.deployment: d for d in deployments}
         for d in self.labels.values():
+            self.info.labels(d.deployment, d.family, d.variant, d.baseline).set(1)
+            self.admitted.labels(d.deployment)
+            self.capacity.labels(d.deployment)
             for outcome in OUTCOMES:
                 self.requests.labels(d.deployment, d.family, d.variant, outcome)
             for det in DETECTOR_NAMES:
                 self.artifacts.labels(d.deployment, d.family, d.variant, det)
                 self.detector_score.labels(d.deployment, det)
+                self.detector_errors.labels(d.deployment, det)
             self.step_check.labels(d.deployment)
             for outcome in GENERATION_OUTCOMES:
                 self.generation.labels(d.deployment, outcome)
@@ -88,13 +118,19 @@ class Metrics:
         for det in report.detectors:
             if det.flagged:
                 self.artifacts.labels(d.deployment, d.family, d.variant, det.name).inc()
-            if not det.error:
+            if det.error:
+                self.detector_errors.labels(d.deployment, det.name).inc()
+            else:
                 self.detector_score.labels(d.deployment, det.name).observe(det.score)
         per_step = self.step_check.labels(d.deployment)
         for step in report.steps:
             per_step.observe(step.guard_seconds)
         if seconds is not None:
             self.generation.labels(d.deployment, outcome).observe(seconds)
+
+    def set_admission(self, deployment: str, admitted: int, capacity: int) -> None:
+        self.admitted.labels(deployment).set(admitted)
+        self.capacity.labels(deployment).set(capacity)
 
     def reject(self, deployment: str) -> None:
         d = self.labels.get(deployment)

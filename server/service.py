@@ -167,6 +167,7 @@ class GuardrailService:
                     worker.executor, worker.runner.generate, warm
                 )
             self.workers[dep.name] = worker
+            self.metrics.set_admission(dep.name, 0, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
         self._set_state("serving")
 
@@ -206,6 +207,7 @@ class GuardrailService:
         except (InvalidArgument, ResourceExhausted):
             self.metrics.reject(req.deployment)
             raise
+        self.metrics.set_admission(req.deployment, worker.admitted, worker.capacity)
         start = time.perf_counter()
         job = asyncio.get_running_loop().run_in_executor(
             worker.executor,
@@ -225,6 +227,7 @@ class GuardrailService:
                 result = await job
         finally:
             worker.release()
+            self.metrics.set_admission(req.deployment, worker.admitted, worker.capacity)
         report, seconds = result.report, time.perf_counter() - start
         stopped_early = report.steps_run < report.steps_requested and report.verdict != "abort"
         if stopped_early and cancel.expired:
@@ -283,4 +286,4 @@ class GuardrailService:
 
 
 def deployment_labels(settings: Settings) -> list[DeploymentLabels]:
-    return [DeploymentLabels(d.name, d.family, d.variant) for d in settings.deployments]
+    return [DeploymentLabels(d.name, d.family, d.variant, d.baseline or "") for d in settings.deployments]

@@ -22,6 +22,11 @@ CONTRACT = {
     "latentguard_detector_score": "histogram",
     "latentguard_step_check_seconds": "histogram",
     "latentguard_generation_seconds": "histogram",
+    # beyond the contract, for rules, dashboards and the autoscaler
+    "latentguard_detector_errors": "counter",
+    "latentguard_admitted_requests": "gauge",
+    "latentguard_admission_capacity": "gauge",
+    "latentguard_deployment_info": "gauge",
 }
 
 
@@ -84,6 +89,10 @@ def test_contract_names_exist_with_series_at_zero_before_traffic():
             == 0
         )
     assert "prompt" not in text and "seed" not in text
+    info = dict(deployment="tiny-sd3", family="sd3", variant="fp32", baseline="")
+    assert value(text, "latentguard_deployment_info", **info) == 1
+    assert value(text, "latentguard_admission_capacity", deployment="tiny-sd3") == 2  # 1 + max_queue 1
+    assert value(text, "latentguard_admitted_requests", deployment="tiny-sd3") == 0
 
 
 def test_traffic_moves_the_right_series(server):
@@ -127,3 +136,25 @@ def test_promtool_check_metrics_is_clean(server):
         ["promtool", "check", "metrics"], input=scrape(server), capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_detector_errors_and_admission_gauges_are_recorded():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from latentguard.detectors import DetectorReport, Report
+    from latentguard.server.metrics import DeploymentLabels, Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, [DeploymentLabels("cand", "sd3", "fp8", baseline="base")])
+    failing = DetectorReport("spectral_residual", 0.0, 1.0, False, -1, error="RuntimeError: boom")
+    fine = DetectorReport("latent_variance", 0.5, 1.0, False, -1)
+    report = Report("pass", "cand", "sd3", "fp8", 0, 4, 4, -1, "", [failing, fine], [])
+    metrics.observe(report, 0.1)
+    metrics.set_admission("cand", 3, 9)
+    text = generate_latest(registry).decode()
+    assert value(text, "latentguard_detector_errors_total", deployment="cand", detector="spectral_residual") == 1
+    assert value(text, "latentguard_detector_errors_total", deployment="cand", detector="latent_variance") == 0
+    assert value(text, "latentguard_detector_score_count", deployment="cand", detector="spectral_residual") == 0
+    assert value(text, "latentguard_admitted_requests", deployment="cand") == 3
+    info = dict(deployment="cand", family="sd3", variant="fp8", baseline="base")
+    assert value(text, "latentguard_deployment_info", **info) == 1
