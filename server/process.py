@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, grace_seconds: float = 30, **popen_kwargs: object):
+    def __init__(self, grace_seconds: float = 30, config: str | None = None, **popen_kwargs: object):
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         cmd = [
@@ -34,6 +34,7 @@ class ServeProcess:
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            *(["--config", config] if config else []),
         ]
         env = {**os.environ, "LATENTGUARD_GRACE_SECONDS": str(grace_seconds)}
         self.proc = subprocess.Popen(cmd, env=env, **popen_kwargs)  # type: ignore[call-overload]

@@ -40,8 +40,8 @@ def test_yaml_file_then_environment_overrides(tmp_path, monkeypatch):
             "unique",
         ),
         ("colour: blue", "colour"),
-        ("deployments: [{name: a, model: tiny-sd3, family: sd3, baseline: b}]", "baseline 'b' must name another"),
-        ("deployments: [{name: a, model: tiny-sd3, family: sd3, baseline: a}]", "baseline 'a' must name another"),
+        ("deployments: [{name: a, model: tiny-sd3, family: sd3, baseline: b}]", "'b' must name another"),
+        ("deployments: [{name: a, model: tiny-sd3, family: sd3, baseline: a}]", "'a' must name another"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, message):

@@ -152,9 +152,12 @@ def test_detector_errors_and_admission_gauges_are_recorded():
     metrics.observe(report, 0.1)
     metrics.set_admission("cand", 3, 9)
     text = generate_latest(registry).decode()
-    assert value(text, "latentguard_detector_errors_total", deployment="cand", detector="spectral_residual") == 1
-    assert value(text, "latentguard_detector_errors_total", deployment="cand", detector="latent_variance") == 0
-    assert value(text, "latentguard_detector_score_count", deployment="cand", detector="spectral_residual") == 0
+    errors = "latentguard_detector_errors_total"
+    assert value(text, errors, deployment="cand", detector="spectral_residual") == 1
+    assert value(text, errors, deployment="cand", detector="latent_variance") == 0
+    assert (
+        value(text, "latentguard_detector_score_count", deployment="cand", detector="spectral_residual") == 0
+    )
     assert value(text, "latentguard_admitted_requests", deployment="cand") == 3
     info = dict(deployment="cand", family="sd3", variant="fp8", baseline="base")
     assert value(text, "latentguard_deployment_info", **info) == 1
