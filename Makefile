@@ -42,6 +42,8 @@ lint: $(STAMP)
 profiles: $(STAMP)
 	$(BIN)/latentguard calibrate --deployment tiny-sd3 --seeds 16 --out server/profiles/tiny-sd3.json
 	$(BIN)/latentguard calibrate --deployment tiny-flux --seeds 16 --out server/profiles/tiny-flux.json
+	$(BIN)/latentguard calibrate --deployment tiny-sd3-fp8 --seeds 16 --out server/profiles/tiny-sd3-fp8.json
+	$(BIN)/latentguard calibrate --deployment tiny-sd3-int4 --seeds 16 --out server/profiles/tiny-sd3-int4.json
 
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)

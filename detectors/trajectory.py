@@ -36,12 +36,18 @@ class TrajectoryMonitor:
             raise ValueError("initial latents must be [B, C, H, W]")
         self.sigmas = [float(s) for s in sigmas]
         self.backend: Backend = backend
+        self.initial = initial_latents
         self._prev = initial_latents
         self.series: list[TrajectoryStats] = []
 
     @property
     def steps_seen(self) -> int:
         return len(self.series)
+
+    @property
+    def latest(self) -> torch.Tensor:
+        """The latents of the last step observed (the initial latents before the first)."""
+        return self._prev
 
     def x0_hat(self, step: int, latents: torch.Tensor) -> torch.Tensor:
         return denoised_estimate(self._prev, latents, self.sigmas[step], self.sigmas[step + 1])

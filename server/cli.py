@@ -1,4 +1,4 @@
-"""The `latentguard` command line: serve, generate, calibrate."""
+"""The `latentguard` command line: serve, generate, calibrate, ab."""
 
 from __future__ import annotations
 
@@ -231,6 +231,89 @@ def calibrate(
         _fail(exc)
     console.print(json.dumps(profile.report.__dict__, indent=1))
     console.print(f"wrote {out}")
+
+
+@app.command()
+def ab(
+    baseline: Annotated[str, typer.Option(help="The 16-bit deployment (reference).")],
+    candidate: Annotated[str, typer.Option(help="The deployment that may replace it (FP8, int4, ...).")],
+    out: Annotated[
+        Path, typer.Option(help="Output folder: report.json, report.md, divergence.png, scores.png.")
+    ],
+    prompts: Annotated[
+        Path | None, typer.Option(help="Prompt file, one per line (default: 8 built-in evaluation prompts).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per prompt (0..N-1, the same on both sides).")] = 4,
+    target: Annotated[
+        str | None, typer.Option(help="host:port of a running server (default: run in this process).")
+    ] = None,
+    candidate_drill: Annotated[
+        str, typer.Option(help="Inject a drill into the candidate's runs, KIND[:step=N,strength=X].")
+    ] = "",
+    config: Annotated[Path | None, typer.Option(help="YAML config (deployments), in-process runs.")] = None,
+    max_x0_divergence: Annotated[float, typer.Option(help="Gate: final x0_hat mean relative L2.")] = 0.25,
+    min_psnr: Annotated[float, typer.Option(help="Gate: mean PSNR of the final images (dB).")] = 20.0,
+    min_ssim: Annotated[float, typer.Option(help="Gate: mean SSIM of the final images.")] = 0.8,
+    max_flag_increase: Annotated[float, typer.Option(help="Gate: flag-rate increase, any detector.")] = 0.05,
+    max_score_shift: Annotated[float, typer.Option(help="Gate: significant median score shift.")] = 1.0,
+    alpha: Annotated[float, typer.Option(help="Significance level for the score-shift gate.")] = 0.05,
+) -> None:
+    """Compare a candidate deployment with its baseline on the same prompts and seeds.
+
+    Exit code 0: acceptable; 1: not acceptable; 2: error.
+    """
+    _quiet_libraries()
+    from pydantic import ValidationError
+
+    from latentguard.server import ab as abmod
+    from latentguard.server import ab_report
+    from latentguard.server.calibrate import PROMPTS_DIR, read_prompts
+    from latentguard.server.config import Settings
+    from latentguard.server.errors import LatentguardError
+
+    try:
+        gates = abmod.Gates(
+            max_x0_divergence=max_x0_divergence,
+            min_psnr_db=min_psnr,
+            min_ssim=min_ssim,
+            max_flag_rate_increase=max_flag_increase,
+            max_score_shift=max_score_shift,
+            alpha=alpha,
+        )
+        if seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        prompt_list = read_prompts(prompts) if prompts else read_prompts(PROMPTS_DIR / "evaluation.txt")[:8]
+        if candidate_drill:
+            from latentguard.server.requests import parse_drill
+
+            parse_drill(candidate_drill)
+        source: abmod.Source = (
+            abmod.GrpcSource(target) if target else abmod.InProcessSource(Settings.load(config))
+        )
+        infos = source.info(baseline), source.info(candidate)
+        with _progress() as bar:
+            task = bar.add_task(f"{candidate} vs {baseline}", total=2 * len(prompt_list) * seeds)
+            pairs = abmod.run_pairs(
+                source, baseline, candidate, prompt_list, seeds, candidate_drill, lambda: bar.advance(task)
+            )
+        report = abmod.compare(pairs, *infos, gates, drill=candidate_drill)
+        written = ab_report.write(report, pairs, out)
+    except (LatentguardError, ValueError, ValidationError, OSError) as exc:
+        _fail(exc)
+    except Exception as exc:  # grpc.RpcError and friends: say what the server said
+        if hasattr(exc, "code") and hasattr(exc, "details"):
+            _fail(RuntimeError(f"{exc.code().name}: {exc.details()}"))
+        raise
+    table = Table("gate", "value", "limit", "")
+    for g in report.gates:
+        value = f"{g['value']:.4g}" if isinstance(g["value"], float) else str(g["value"])
+        table.add_row(g["gate"], value, f"{g['op']} {g['limit']:.4g}", "pass" if g["passed"] else "[red]FAIL")
+    console.print(table)
+    verdict = "[green]acceptable" if report.acceptable else "[red]not acceptable"
+    console.print(f"{candidate} vs {baseline}: {verdict}[/] ({report.pairs} pairs)")
+    for path in written:
+        console.print(f"wrote {path}")
+    raise typer.Exit(0 if report.acceptable else 1)
 
 
 if __name__ == "__main__":

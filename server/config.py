@@ -24,6 +24,7 @@ class Limits(BaseModel):
     max_steps: int = Field(100, ge=1)
     max_side: int = Field(1024, ge=16)
     max_prompt_chars: int = Field(2000, ge=1)
+    max_trajectory_mb: int = Field(48, ge=1)  # return_trajectory responses (below max_message_mb)
 
 
 class PolicyConfig(BaseModel):
@@ -56,12 +57,25 @@ class DeploymentConfig(BaseModel):
         return self
 
 
+class ShadowConfig(BaseModel):
+    """Mirror a fraction of `baseline`'s Generate requests to `candidate` with the same prompt and seed."""
+
+    baseline: str
+    candidate: str
+    fraction: float = Field(0.1, ge=0, le=1)
+    max_pending: int = Field(1, ge=1)  # shadow runs waiting or running at once; more are skipped
+
+
 def builtin_deployments() -> list[DeploymentConfig]:
+    """tiny-sd3 and tiny-flux, plus FP8 and int4 candidates of tiny-sd3 (sharing its encoders and VAE)."""
+    sd3 = DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=64)
     return [
-        DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=64),
+        sd3,
         DeploymentConfig(
             name="tiny-flux", model="tiny-flux", family="flux", guidance_scale=3.5, max_sequence_length=64
         ),
+        sd3.model_copy(update={"name": "tiny-sd3-fp8", "variant": "fp8", "baseline": "tiny-sd3"}),
+        sd3.model_copy(update={"name": "tiny-sd3-int4", "variant": "int4", "baseline": "tiny-sd3"}),
     ]
 
 
@@ -69,6 +83,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LATENTGUARD_", env_nested_delimiter="__", extra="forbid")
 
     deployments: list[DeploymentConfig] = Field(default_factory=builtin_deployments)
+    shadow: list[ShadowConfig] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     backend: Literal["auto", "triton", "reference"] = "auto"
     device: str = "cpu"
@@ -88,6 +103,11 @@ class Settings(BaseSettings):
         for d in self.deployments:
             if d.baseline is not None and (d.baseline not in names or d.baseline == d.name):
                 raise ValueError(f"deployment {d.name}: baseline {d.baseline!r} must name another deployment")
+        for s in self.shadow:
+            if s.baseline not in names or s.candidate not in names or s.baseline == s.candidate:
+                raise ValueError(
+                    f"shadow {s.baseline} -> {s.candidate}: both must be configured deployments, and differ"
+                )
         return self
 
     @classmethod

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 
+import torch
 from PIL import Image
 
 from latentguard.detectors import Report
 from latentguard.server.deployments import Deployment
+from latentguard.server.quantization import weight_bytes
 from latentguard.server.requests import GenerateRequest
+from latentguard.server.runner import GenerateResult
+from latentguard.server.trajectory_record import RecordedTrajectory
 from latentguard.v1 import guardrail_pb2 as pb
 
 
@@ -22,6 +26,7 @@ def request_from_proto(msg: pb.GenerateRequest) -> GenerateRequest:
         height=msg.height,
         guidance_scale=msg.guidance_scale if msg.HasField("guidance_scale") else None,
         drill=msg.drill,
+        return_trajectory=msg.return_trajectory,
     )
 
 
@@ -33,6 +38,30 @@ def report_to_proto(report: Report) -> pb.Report:
         steps=[pb.StepReport(**x) for x in d["steps"]],
         timings=pb.Timings(**d["timings"]),
     )
+
+
+def tensor_to_proto(t: torch.Tensor) -> pb.Tensor:
+    t = t.detach().float().cpu().contiguous()
+    return pb.Tensor(data=t.numpy().tobytes(), dtype="float32", shape=list(t.shape))
+
+
+def tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
+    return torch.frombuffer(bytearray(msg.data), dtype=torch.float32).reshape(list(msg.shape))
+
+
+def trajectory_to_proto(traj: RecordedTrajectory) -> pb.Trajectory:
+    return pb.Trajectory(sigmas=traj.sigmas, latents=[tensor_to_proto(t) for t in traj.latents])
+
+
+def trajectory_from_proto(msg: pb.Trajectory) -> RecordedTrajectory:
+    return RecordedTrajectory(list(msg.sigmas), [tensor_from_proto(t) for t in msg.latents])
+
+
+def response_to_proto(result: GenerateResult) -> pb.GenerateResponse:
+    response = pb.GenerateResponse(image_png=png_bytes(result.image), report=report_to_proto(result.report))
+    if result.trajectory is not None:
+        response.trajectory.CopyFrom(trajectory_to_proto(result.trajectory))
+    return response
 
 
 def png_bytes(image: Image.Image | None) -> bytes:
@@ -55,4 +84,5 @@ def deployment_to_proto(dep: Deployment) -> pb.DeploymentInfo:
         default_height=c.height,
         profile=dep.profile.fingerprint if dep.profile else "",
         detectors=list(dep.detectors),
+        transformer_bytes=weight_bytes(dep.pipe.transformer),
     )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
+import inspect
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,46 +23,94 @@ from latentguard.detectors import (
 from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
 from latentguard.server.families import FAMILIES, FamilyOps, Pipeline
+from latentguard.server.quantization import QUANTIZED, compute_dtype, quantize_transformer
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_BASES: dict[tuple[str, str, torch.dtype], Pipeline] = {}  # loaded components, shared by variants
+_BASES_LOCK = threading.Lock()
 
 
-def load_pipeline(config: DeploymentConfig) -> Pipeline:
+def _builtin_family(config: DeploymentConfig) -> str:
+    expected = "sd3" if config.model == "tiny-sd3" else "flux"
+    if config.family != expected:
+        raise ModelLoadError(f"{config.name}: model {config.model} is family {expected}, not {config.family}")
+    return expected
+
+
+def _load_base(config: DeploymentConfig, device: str, dtype: torch.dtype) -> Pipeline:
     family = FAMILIES[config.family]
-    if config.variant not in DTYPES:
-        raise ModelLoadError(
-            f"{config.name}: variant {config.variant!r} is not supported yet (fp32, bf16, fp16)"
-        )
     if config.model in BUILTIN_MODELS:
         from latentguard.server import tiny
 
-        expected = "sd3" if config.model == "tiny-sd3" else "flux"
-        if config.family != expected:
-            raise ModelLoadError(
-                f"{config.name}: model {config.model} is family {expected}, not {config.family}"
-            )
-        pipe = tiny.tiny_sd3() if expected == "sd3" else tiny.tiny_flux()
-        if DTYPES[config.variant] != torch.float32:
-            pipe = pipe.to(dtype=DTYPES[config.variant])
+        pipe = tiny.tiny_sd3() if _builtin_family(config) == "sd3" else tiny.tiny_flux()
+        pipe = pipe.to(device)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return _from_pretrained(config, family.pipeline_class, dtype).to(device)
+
+
+def _from_pretrained(config: DeploymentConfig, pipeline_class, dtype: torch.dtype, **kwargs) -> Pipeline:
+    local = Path(config.model).expanduser()
+    is_local = local.exists()
+    if is_local and not (local / "model_index.json").is_file():
+        raise ModelLoadError(f"{config.name}: {local} is not a diffusers folder (no model_index.json)")
+    try:
+        return pipeline_class.from_pretrained(
+            str(local) if is_local else config.model,
+            torch_dtype=dtype,
+            use_safetensors=True,
+            local_files_only=is_local,
+            **kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        where = "local folder" if is_local else "hub id (needs network access and the weights as safetensors)"
+        raise ModelLoadError(f"{config.name}: cannot load {config.model!r} as a {where}: {exc}") from exc
+
+
+def _load_nf4(config: DeploymentConfig, device: str) -> Pipeline:
+    """bitsandbytes NF4 needs CUDA and quantizes while loading, so it gets no shared components."""
+    if not device.startswith("cuda") or importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            f"{config.name}: variant nf4 needs a CUDA device and bitsandbytes; on CPU use variant int4"
+        )
+    if config.model in BUILTIN_MODELS:
+        raise ModelLoadError(f"{config.name}: nf4 loads model folders or hub ids; use int4 for built-ins")
+    from diffusers import PipelineQuantizationConfig
+
+    quant = PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit",
+        quant_kwargs={
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": "bfloat16",
+        },
+        components_to_quantize=["transformer"],
+    )
+    pipeline_class = FAMILIES[config.family].pipeline_class
+    return _from_pretrained(config, pipeline_class, torch.bfloat16, quantization_config=quant).to(device)
+
+
+def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
+    """A pipeline of its own (scheduler, interrupt flag) over components shared with other variants
+    of the same model: the text encoders and VAE always, the transformer too for 16/32-bit variants."""
+    if config.variant == "nf4":
+        pipe = _load_nf4(config, device)
     else:
-        local = Path(config.model).expanduser()
-        is_local = local.exists()
-        if is_local and not (local / "model_index.json").is_file():
-            raise ModelLoadError(f"{config.name}: {local} is not a diffusers folder (no model_index.json)")
-        try:
-            pipe = family.pipeline_class.from_pretrained(
-                str(local) if is_local else config.model,
-                torch_dtype=DTYPES[config.variant],
-                use_safetensors=True,
-                local_files_only=is_local,
-            )
-        except (OSError, ValueError) as exc:
-            where = (
-                "local folder" if is_local else "hub id (needs network access and the weights as safetensors)"
-            )
-            raise ModelLoadError(f"{config.name}: cannot load {config.model!r} as a {where}: {exc}") from exc
+        dtype = compute_dtype(config.variant, device)
+        if config.model in BUILTIN_MODELS:
+            _builtin_family(config)  # also when the model is already loaded for another deployment
+        with _BASES_LOCK:
+            key = (config.model, device, dtype)
+            if key not in _BASES:
+                _BASES[key] = _load_base(config, device, dtype)
+            base = _BASES[key]
+        transformer = base.transformer
+        if config.variant in QUANTIZED:
+            transformer = quantize_transformer(copy.deepcopy(base.transformer), config.variant)
+        cls = FAMILIES[config.family].pipeline_class
+        names = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+        shared = {k: getattr(base, k, None) for k in names}
+        pipe = cls(**{**shared, "transformer": transformer, "scheduler": copy.deepcopy(base.scheduler)})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -73,8 +125,10 @@ def fingerprint(pipe: Pipeline) -> str:
     return h.hexdigest()[:16]
 
 
-def builtin_profile_path(model: str) -> Path:
-    return Path(__file__).parent / "profiles" / f"{model}.json"
+def builtin_profile_path(model: str, variant: str = "fp32") -> Path:
+    """Shipped profiles: `tiny-sd3.json` for the fp32 model, `tiny-sd3-int4.json` for a variant."""
+    name = model if variant == "fp32" else f"{model}-{variant}"
+    return Path(__file__).parent / "profiles" / f"{name}.json"
 
 
 @dataclass
@@ -93,7 +147,7 @@ class Deployment:
 
 
 def load_deployment(config: DeploymentConfig, device: str = "cpu", with_profile: bool = True) -> Deployment:
-    pipe = load_pipeline(config).to(device)
+    pipe = load_pipeline(config, device)
     dep = Deployment(config=config, pipe=pipe, family=FAMILIES[config.family], fingerprint=fingerprint(pipe))
     policies = default_policies()
     for name, pol in config.policies.items():
@@ -107,7 +161,7 @@ def load_deployment(config: DeploymentConfig, device: str = "cpu", with_profile:
 def attach_profile(dep: Deployment) -> None:
     path = dep.config.profile
     if path is None and dep.config.model in BUILTIN_MODELS:
-        candidate = builtin_profile_path(dep.config.model)
+        candidate = builtin_profile_path(dep.config.model, dep.config.variant)
         path = str(candidate) if candidate.is_file() else None
     if path is None:
         log.warning(

@@ -120,9 +120,7 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
         result = await self.service.generate(
             convert.request_from_proto(request), _cancellation(context), decode=not request.skip_image
         )
-        return pb.GenerateResponse(
-            image_png=convert.png_bytes(result.image), report=convert.report_to_proto(result.report)
-        )
+        return convert.response_to_proto(result)
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -158,11 +156,7 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
         except asyncio.CancelledError:
             task.cancel()  # the core service stops denoising at the next step and records the cancel
             raise
-        yield pb.GenerateEvent(
-            result=pb.GenerateResponse(
-                image_png=convert.png_bytes(result.image), report=convert.report_to_proto(result.report)
-            )
-        )
+        yield pb.GenerateEvent(result=convert.response_to_proto(result))
 
     async def Inspect(
         self, request_iterator: AsyncIterator[pb.InspectFrame], context: grpc.aio.ServicerContext
@@ -203,7 +197,9 @@ class Server:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None):
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, deployment_labels(settings))
+        self.metrics = Metrics(
+            self.registry, deployment_labels(settings), [(s.baseline, s.candidate) for s in settings.shadow]
+        )
         self.service = GuardrailService(settings, self.metrics)
         limit = settings.max_message_mb * 1024 * 1024
         self.grpc = grpc.aio.server(
@@ -250,6 +246,7 @@ class Server:
         self.service.drain()
         await self._set_health(False)
         await self.grpc.stop(self.settings.grace_seconds if grace is None else grace)
+        await self.service.shadow.wait()  # shadow runs stop at their next step once draining
         self.service.close()
         if self.metrics_server is not None:
             self.metrics_server[0].shutdown()

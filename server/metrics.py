@@ -19,6 +19,7 @@ from latentguard.detectors import DETECTOR_NAMES, Report
 Outcome = Literal["ok", "flagged", "aborted", "rejected", "error"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error")
 GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error")
+SHADOW_OUTCOMES = ("compared", "skipped", "preempted", "error")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,12 @@ def outcome_of(report: Report) -> Outcome:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, deployments: Iterable[DeploymentLabels]):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        deployments: Iterable[DeploymentLabels],
+        shadow_pairs: Iterable[tuple[str, str]] = (),
+    ):
         disable_created_metrics()  # *_created gauges only add series; process-wide, set once here
         self.registry = registry
         self.requests = Counter(
@@ -95,6 +101,23 @@ class Metrics:
             ["deployment", "family", "variant", "baseline"],
             registry=registry,
         )
+        self.shadow_runs = Counter(
+            "latentguard_shadow_runs",
+            "Requests mirrored to a candidate, by outcome (compared, skipped, preempted, error).",
+            ["baseline", "candidate", "outcome"],
+            registry=registry,
+        )
+        self.shadow_divergence = Histogram(
+            "latentguard_shadow_divergence",
+            "Relative L2 distance between candidate and baseline final latents on a mirrored request.",
+            ["baseline", "candidate"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        for baseline, candidate in shadow_pairs:
+            self.shadow_divergence.labels(baseline, candidate)
+            for outcome in SHADOW_OUTCOMES:
+                self.shadow_runs.labels(baseline, candidate, outcome)
         self.labels = {d.deployment: d for d in deployments}
         for d in self.labels.values():
             self.info.labels(d.deployment, d.family, d.variant, d.baseline).set(1)
@@ -131,6 +154,12 @@ class Metrics:
     def set_admission(self, deployment: str, admitted: int, capacity: int) -> None:
         self.admitted.labels(deployment).set(admitted)
         self.capacity.labels(deployment).set(capacity)
+
+    def observe_shadow(self, baseline: str, candidate: str, divergence: float) -> None:
+        self.shadow_divergence.labels(baseline, candidate).observe(divergence)
+
+    def shadow_outcome(self, baseline: str, candidate: str, outcome: str) -> None:
+        self.shadow_runs.labels(baseline, candidate, outcome).inc()
 
     def reject(self, deployment: str) -> None:
         d = self.labels.get(deployment)

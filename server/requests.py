@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from latentguard.detectors import Drill, DrillSpecError
@@ -22,6 +23,7 @@ class GenerateRequest:
     height: int = 0
     guidance_scale: float | None = None
     drill: str = ""  # KIND[:step=N,strength=X]; empty for none
+    return_trajectory: bool = False  # also return every step's latents (A/B comparisons)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ResolvedRequest:
     height: int
     guidance_scale: float
     drill: Drill | None
+    return_trajectory: bool = False
 
 
 def parse_drill(spec: str) -> Drill | None:
@@ -75,4 +78,14 @@ def resolve(req: GenerateRequest, dep: Deployment, limits: Limits) -> ResolvedRe
     drill = parse_drill(req.drill)
     if drill is not None and drill.step >= steps:
         raise InvalidArgument(f"drill step {drill.step} is beyond the last step ({steps - 1})")
-    return ResolvedRequest(req.deployment, req.prompt, req.seed, steps, width, height, guidance, drill)
+    if req.return_trajectory:
+        per_step = 4 * math.prod(dep.family.latent_shape(dep.pipe, 1, height, width))
+        megabytes = (steps + 1) * per_step / 2**20
+        if megabytes > limits.max_trajectory_mb:
+            raise InvalidArgument(
+                f"the trajectory of {steps} steps at {width}x{height} is {megabytes:.0f} MiB; "
+                f"the limit is {limits.max_trajectory_mb} MiB"
+            )
+    return ResolvedRequest(
+        req.deployment, req.prompt, req.seed, steps, width, height, guidance, drill, req.return_trajectory
+    )

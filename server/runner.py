@@ -20,14 +20,14 @@ from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import Backend
 from latentguard.server.deployments import Deployment
 from latentguard.server.requests import ResolvedRequest
-
-StepHook = Callable[[int, RequestGuard], None]
+from latentguard.server.trajectory_record import RecordedTrajectory, StepHook, TrajectoryRecorder, chain
 
 
 @dataclass
 class GenerateResult:
     image: Image.Image | None
     report: Report
+    trajectory: RecordedTrajectory | None = None  # when the request asked for it
 
 
 def initial_noise(dep: Deployment, seeds: list[int], height: int, width: int) -> torch.Tensor:
@@ -107,6 +107,7 @@ class PipelineRunner:
     ) -> GenerateResult:
         start = time.perf_counter()
         dep = self.dep
+        recorder = TrajectoryRecorder() if req.return_trajectory else None
         guard, latents = self.denoise(
             [req.prompt],
             [req.seed],
@@ -118,7 +119,7 @@ class PipelineRunner:
             policies=dep.policies,
             drill=req.drill,
             should_stop=should_stop,
-            on_step=on_step,
+            on_step=chain(on_step, recorder),
         )
         verdict = guard.verdict(0)
         image = dep.family.decode(dep.pipe, latents)[0] if decode and verdict != "abort" else None
@@ -136,7 +137,7 @@ class PipelineRunner:
             time.perf_counter() - start,
             exact,
         )
-        return GenerateResult(image=image, report=report)
+        return GenerateResult(image=image, report=report, trajectory=recorder.result() if recorder else None)
 
 
 def build_report(

@@ -9,6 +9,7 @@ expired request stops denoising at the next step boundary through the pipeline's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Literal
 import torch
 
 from latentguard.detectors import Report, RequestGuard
-from latentguard.server.config import Settings
+from latentguard.server.config import Settings, ShadowConfig
 from latentguard.server.deployments import Deployment, load_deployment
 from latentguard.server.errors import (
     DeadlineExceeded,
@@ -32,8 +33,9 @@ from latentguard.server.errors import (
     Unavailable,
 )
 from latentguard.server.metrics import DeploymentLabels, Metrics
-from latentguard.server.requests import GenerateRequest, resolve
+from latentguard.server.requests import GenerateRequest, ResolvedRequest, resolve
 from latentguard.server.runner import GenerateResult, PipelineRunner, build_report
+from latentguard.server.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 State = Literal["warming", "serving", "draining"]
@@ -148,6 +150,7 @@ class GuardrailService:
         )
         self.inspect_sessions = 0
         self.recent: deque[RequestRecord] = deque(maxlen=256)
+        self.shadow = ShadowMirror(settings.shadow, metrics)
         self.on_state_change: Callable[[State], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -208,11 +211,13 @@ class GuardrailService:
             self.metrics.reject(req.deployment)
             raise
         self.metrics.set_admission(req.deployment, worker.admitted, worker.capacity)
+        mirrors = self.shadow.sample(req.deployment)
+        run = dataclasses.replace(resolved, return_trajectory=True) if mirrors else resolved
         start = time.perf_counter()
         job = asyncio.get_running_loop().run_in_executor(
             worker.executor,
             lambda: worker.runner.generate(
-                resolved, should_stop=cancel.should_stop, on_step=on_step, decode=decode
+                run, should_stop=cancel.should_stop, on_step=on_step, decode=decode
             ),
         )
         caller_left = False
@@ -243,7 +248,28 @@ class GuardrailService:
             raise asyncio.CancelledError()
         self._record(report, report.verdict)
         self.metrics.observe(report, seconds)
+        if mirrors:
+            self._mirror(mirrors, resolved, result)
+            if not resolved.return_trajectory:
+                result = dataclasses.replace(result, trajectory=None)
         return result
+
+    def _mirror(self, mirrors: list[ShadowConfig], resolved: ResolvedRequest, result: GenerateResult) -> None:
+        finished = result.report.steps_run == result.report.steps_requested
+        for cfg in mirrors:
+            if not finished or result.trajectory is None or cfg.candidate not in self.workers:
+                self.metrics.shadow_outcome(cfg.baseline, cfg.candidate, "skipped")
+                continue
+            target = self.workers[cfg.candidate]
+            self.shadow.launch(
+                cfg, resolved, result.trajectory, target.runner, target.executor, self.primary_busy
+            )
+
+    def primary_busy(self) -> bool:
+        """Shadow runs yield to this: any primary request admitted anywhere, or draining.
+
+        Called from worker threads; it only reads ints and a string."""
+        return self.state != "serving" or any(w.admitted for w in self.workers.values())
 
     def _record(self, report: Report, outcome: str) -> None:
         self.recent.append(

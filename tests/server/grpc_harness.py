@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
 from latentguard.server.background import BackgroundServer as ServerThread
 from latentguard.server.config import Settings, builtin_deployments
 
-__all__ = ["ServerThread", "make_settings"]
+__all__ = ["ServerThread", "make_settings", "samples", "scrape", "value"]
 
 
 def make_settings(**overrides) -> Settings:
@@ -14,3 +18,20 @@ def make_settings(**overrides) -> Settings:
     return Settings(
         deployments=deployments, host="127.0.0.1", port=0, metrics_port=0, grace_seconds=20, **overrides
     )
+
+
+def scrape(server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels) -> float:
+    return samples(text)[(name, tuple(sorted(labels.items())))]

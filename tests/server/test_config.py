@@ -6,7 +6,8 @@ from latentguard.server.config import Settings
 
 def test_no_config_serves_the_builtin_deployments():
     s = Settings.load()
-    assert [d.name for d in s.deployments] == ["tiny-sd3", "tiny-flux"]
+    assert [d.name for d in s.deployments] == ["tiny-sd3", "tiny-flux", "tiny-sd3-fp8", "tiny-sd3-int4"]
+    assert [d.baseline for d in s.deployments] == [None, None, "tiny-sd3", "tiny-sd3"]
     assert (s.port, s.metrics_port) == (50051, 9464)
 
 

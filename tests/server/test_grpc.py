@@ -69,9 +69,13 @@ def test_generate_stream_sends_every_step_then_the_result(stub):
 def test_list_deployments(stub):
     resp = stub.ListDeployments(pb.ListDeploymentsRequest(), timeout=10)
     by_name = {d.name: d for d in resp.deployments}
-    assert set(by_name) == {"tiny-sd3", "tiny-flux"}
+    assert set(by_name) == {"tiny-sd3", "tiny-flux", "tiny-sd3-fp8", "tiny-sd3-int4"}
     assert by_name["tiny-flux"].family == "flux" and by_name["tiny-sd3"].default_steps == 12
     assert by_name["tiny-sd3"].profile and "non_finite" in by_name["tiny-sd3"].detectors
+    assert by_name["tiny-sd3-int4"].variant == "int4" and by_name["tiny-sd3-fp8"].variant == "fp8"
+    # each variant has its own calibration profile, fitted on its own (quantized) weights
+    profiles = {by_name[n].profile for n in ("tiny-sd3", "tiny-sd3-fp8", "tiny-sd3-int4")}
+    assert len(profiles) == 3 and "" not in profiles
 
 
 def test_health_and_reflection(server):

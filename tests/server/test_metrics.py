@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import urllib.request
 
 import grpc
 import pytest
@@ -14,7 +13,7 @@ from latentguard.server.client import channel
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-from .grpc_harness import ServerThread, make_settings
+from .grpc_harness import ServerThread, make_settings, scrape, value
 
 CONTRACT = {
     "latentguard_requests": "counter",
@@ -27,6 +26,8 @@ CONTRACT = {
     "latentguard_admitted_requests": "gauge",
     "latentguard_admission_capacity": "gauge",
     "latentguard_deployment_info": "gauge",
+    "latentguard_shadow_runs": "counter",  # series only for configured shadow pairs
+    "latentguard_shadow_divergence": "histogram",
 }
 
 
@@ -35,23 +36,6 @@ def server():
     srv = ServerThread(make_settings()).start()
     yield srv
     srv.stop()
-
-
-def scrape(server) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels) -> float:
-    return samples(text)[(name, tuple(sorted(labels.items())))]
 
 
 def test_contract_names_exist_with_series_at_zero_before_traffic():

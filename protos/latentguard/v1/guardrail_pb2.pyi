@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("deployment", "prompt", "seed", "steps", "width", "height", "guidance_scale", "drill", "skip_image")
+    __slots__ = ("deployment", "prompt", "seed", "steps", "width", "height", "guidance_scale", "drill", "skip_image", "return_trajectory")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class GenerateRequest(_message.Message):
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     DRILL_FIELD_NUMBER: _ClassVar[int]
     SKIP_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     prompt: str
     seed: int
@@ -26,7 +27,26 @@ class GenerateRequest(_message.Message):
     guidance_scale: float
     drill: str
     skip_image: bool
-    def __init__(self, deployment: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., drill: _Optional[str] = ..., skip_image: _Optional[bool] = ...) -> None: ...
+    return_trajectory: bool
+    def __init__(self, deployment: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., drill: _Optional[str] = ..., skip_image: _Optional[bool] = ..., return_trajectory: _Optional[bool] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("data", "dtype", "shape")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, data: _Optional[bytes] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Trajectory(_message.Message):
+    __slots__ = ("sigmas", "latents")
+    SIGMAS_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    sigmas: _containers.RepeatedScalarFieldContainer[float]
+    latents: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, sigmas: _Optional[_Iterable[float]] = ..., latents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class DetectorResult(_message.Message):
     __slots__ = ("name", "score", "threshold", "flagged", "first_step", "error")
@@ -116,12 +136,14 @@ class Report(_message.Message):
     def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("image_png", "report")
+    __slots__ = ("image_png", "report", "trajectory")
     IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
     image_png: bytes
     report: Report
-    def __init__(self, image_png: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+    trajectory: Trajectory
+    def __init__(self, image_png: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ...) -> None: ...
 
 class StepEvent(_message.Message):
     __slots__ = ("step", "total_steps", "scores", "flagged")
@@ -192,7 +214,7 @@ class ListDeploymentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeploymentInfo(_message.Message):
-    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors")
+    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +224,7 @@ class DeploymentInfo(_message.Message):
     DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     DETECTORS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORMER_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     variant: str
@@ -211,7 +234,8 @@ class DeploymentInfo(_message.Message):
     default_height: int
     profile: str
     detectors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ...) -> None: ...
+    transformer_bytes: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentsResponse(_message.Message):
     __slots__ = ("deployments",)

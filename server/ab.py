@@ -1,0 +1,366 @@
+"""`latentguard ab`: the same (prompt, seed) pairs through a baseline and a candidate deployment.
+
+Runs go in process (`InProcessSource`) or to a running server over gRPC (`GrpcSource`, Generate with
+return_trajectory); both give the same `RunRecord`. `compare` turns the paired records into the
+report: per-step divergence of latents and x0_hat, per-detector score deltas with Wilcoxon p-values,
+flag rates with McNemar's exact test, PSNR / SSIM of the final images, wall time and memory per
+variant, and a verdict against the gates. ab_report.py writes it out.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from latentguard.server import ab_stats
+from latentguard.server.trajectory_record import RecordedTrajectory
+
+
+@dataclass
+class RunRecord:
+    verdict: str
+    scores: dict[str, float]  # detector -> request score; detectors that raised are left out
+    flagged: dict[str, bool]
+    steps_run: int
+    steps_requested: int
+    seconds: float
+    image: np.ndarray | None  # H x W x 3 uint8; None when aborted
+    trajectory: RecordedTrajectory
+    peak_rss_mb: float | None = None
+
+
+@dataclass
+class VariantInfo:
+    name: str
+    variant: str
+    weight_mb: float | None
+
+
+class Source(Protocol):
+    def info(self, deployment: str) -> VariantInfo: ...
+
+    def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord: ...
+
+
+def _decode_png(data: bytes) -> np.ndarray | None:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) if data else None
+
+
+class InProcessSource:
+    """Loads the two deployments in this process (sharing encoders and VAE, as `serve` does)."""
+
+    def __init__(self, settings):
+        from latentguard.server.deployments import load_deployment
+
+        self.settings = settings
+        self._load = load_deployment
+        self.deployments: dict[str, Any] = {}
+
+    def _dep(self, name: str):
+        if name not in self.deployments:
+            from latentguard.server.errors import NotFound
+
+            configs = {c.name: c for c in self.settings.deployments}
+            if name not in configs:
+                raise NotFound(f"unknown deployment {name!r}; configured: {', '.join(configs)}")
+            self.deployments[name] = self._load(configs[name], self.settings.device)
+        return self.deployments[name]
+
+    def info(self, deployment: str) -> VariantInfo:
+        from latentguard.server.quantization import weight_bytes
+
+        dep = self._dep(deployment)
+        return VariantInfo(deployment, dep.config.variant, weight_bytes(dep.pipe.transformer) / 2**20)
+
+    def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
+        from latentguard.server.requests import GenerateRequest, resolve
+        from latentguard.server.runner import PipelineRunner
+
+        dep = self._dep(deployment)
+        req = resolve(
+            GenerateRequest(deployment, prompt, seed=seed, drill=drill, return_trajectory=True),
+            dep,
+            self.settings.limits,
+        )
+        process, peak = psutil.Process(), [0]
+
+        def sample_memory(step: int, guard) -> None:
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        result = PipelineRunner(dep, self.settings.backend).generate(req, on_step=sample_memory)
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak[0] / 2**20
+        report = result.report
+        assert result.trajectory is not None
+        return RunRecord(
+            verdict=report.verdict,
+            scores={d.name: d.score for d in report.detectors if not d.error},
+            flagged={d.name: d.flagged for d in report.detectors},
+            steps_run=report.steps_run,
+            steps_requested=report.steps_requested,
+            seconds=report.timings.total_seconds,
+            image=np.asarray(result.image.convert("RGB")) if result.image is not None else None,
+            trajectory=result.trajectory,
+            peak_rss_mb=peak_mb,
+        )
+
+
+class GrpcSource:
+    """Against a running `latentguard serve`: Generate with return_trajectory=True."""
+
+    def __init__(self, target: str, timeout: float = 600):
+        from latentguard.server.client import channel
+        from latentguard.v1 import guardrail_pb2 as pb
+        from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+        self.pb = pb
+        self.stub = pb_grpc.GuardrailStub(channel(target))
+        self.timeout = timeout
+        self.listed = {
+            d.name: d for d in self.stub.ListDeployments(pb.ListDeploymentsRequest(), timeout=30).deployments
+        }
+
+    def info(self, deployment: str) -> VariantInfo:
+        from latentguard.server.errors import NotFound
+
+        if deployment not in self.listed:
+            raise NotFound(f"the server does not serve {deployment!r}; it serves {', '.join(self.listed)}")
+        d = self.listed[deployment]
+        return VariantInfo(
+            deployment, d.variant, d.transformer_bytes / 2**20 if d.transformer_bytes else None
+        )
+
+    def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
+        from latentguard.server.convert import trajectory_from_proto
+
+        req = self.pb.GenerateRequest(
+            deployment=deployment, prompt=prompt, seed=seed, drill=drill, return_trajectory=True
+        )
+        start = time.perf_counter()
+        resp = self.stub.Generate(req, timeout=self.timeout)
+        seconds = time.perf_counter() - start
+        r = resp.report
+        return RunRecord(
+            verdict=r.verdict,
+            scores={d.name: d.score for d in r.detectors if not d.error},
+            flagged={d.name: d.flagged for d in r.detectors},
+            steps_run=r.steps_run,
+            steps_requested=r.steps_requested,
+            seconds=seconds,  # as the client sees it: network and PNG encoding included
+            image=_decode_png(resp.image_png),
+            trajectory=trajectory_from_proto(resp.trajectory),
+        )
+
+
+class Gates(BaseModel):
+    """What a candidate must meet to be judged acceptable against its baseline."""
+
+    max_x0_divergence: float = Field(0.25, gt=0)  # mean relative L2 of the final step's x0_hat
+    min_psnr_db: float = 20.0  # mean PSNR of the final images
+    min_ssim: float = Field(0.8, le=1)  # mean SSIM of the final images
+    max_flag_rate_increase: float = Field(0.05, ge=0)  # candidate - baseline, any detector
+    max_score_shift: float = Field(1.0, gt=0)  # |median per-detector score delta| ...
+    alpha: float = Field(0.05, gt=0, lt=1)  # ... that is significant at this level (Wilcoxon)
+
+
+@dataclass
+class Pair:
+    prompt: str
+    seed: int
+    baseline: RunRecord
+    candidate: RunRecord
+
+
+@dataclass
+class AbReport:
+    baseline: VariantInfo
+    candidate: VariantInfo
+    pairs: int
+    drill: str
+    divergence: list[dict[str, Any]]  # per step
+    detectors: dict[str, dict[str, Any]]  # score deltas and flag rates per detector, and "any"
+    images: dict[str, Any]
+    cost: dict[str, dict[str, float | None]]
+    gates: list[dict[str, Any]]
+    acceptable: bool
+    gate_config: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return _finite(asdict(self))
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no inf / nan: write them as null (PSNR of identical images is inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def run_pairs(
+    source: Source,
+    baseline: str,
+    candidate: str,
+    prompts: list[str],
+    seeds: int,
+    candidate_drill: str = "",
+    on_run: Callable[[], None] | None = None,
+) -> list[Pair]:
+    """Each prompt with seeds 0..seeds-1, through both deployments (baseline first, then candidate)."""
+    pairs = []
+    for prompt in prompts:
+        for seed in range(seeds):
+            base = source.run(baseline, prompt, seed, "")
+            if on_run:
+                on_run()
+            cand = source.run(candidate, prompt, seed, candidate_drill)
+            if on_run:
+                on_run()
+            pairs.append(Pair(prompt, seed, base, cand))
+    return pairs
+
+
+def _divergence(pairs: list[Pair]) -> list[dict[str, Any]]:
+    steps = max(min(p.baseline.steps_run, p.candidate.steps_run) for p in pairs) if pairs else 0
+    out = []
+    for i in range(steps):
+        both = [p for p in pairs if min(p.baseline.steps_run, p.candidate.steps_run) > i]
+        lat = [(p.candidate.trajectory.latents[i + 1], p.baseline.trajectory.latents[i + 1]) for p in both]
+        x0 = [(p.candidate.trajectory.x0_hat(i), p.baseline.trajectory.x0_hat(i)) for p in both]
+        out.append(
+            {
+                "step": i,
+                "sigma": both[0].baseline.trajectory.sigmas[i],
+                "latents_rel_l2": ab_stats.spread([ab_stats.relative_l2(c, b) for c, b in lat]),
+                "latents_cosine": ab_stats.spread([ab_stats.cosine(c, b) for c, b in lat]),
+                "x0_rel_l2": ab_stats.spread([ab_stats.relative_l2(c, b) for c, b in x0]),
+                "x0_cosine": ab_stats.spread([ab_stats.cosine(c, b) for c, b in x0]),
+            }
+        )
+    return out
+
+
+def _detectors(pairs: list[Pair]) -> dict[str, dict[str, Any]]:
+    names = sorted({n for p in pairs for n in p.baseline.flagged})
+    out: dict[str, dict[str, Any]] = {}
+    for name in [*names, "any"]:
+        if name == "any":
+            base_flags = [p.baseline.verdict != "pass" for p in pairs]
+            cand_flags = [p.candidate.verdict != "pass" for p in pairs]
+            deltas: list[float] = []
+        else:
+            base_flags = [p.baseline.flagged.get(name, False) for p in pairs]
+            cand_flags = [p.candidate.flagged.get(name, False) for p in pairs]
+            scored = [p for p in pairs if name in p.baseline.scores and name in p.candidate.scores]
+            deltas = [p.candidate.scores[name] - p.baseline.scores[name] for p in scored]
+            deltas = [d for d in deltas if math.isfinite(d)]
+        b_only = sum(b and not c for b, c in zip(base_flags, cand_flags, strict=True))
+        c_only = sum(c and not b for b, c in zip(base_flags, cand_flags, strict=True))
+        out[name] = {
+            "baseline_flag_rate": float(np.mean(base_flags)) if pairs else math.nan,
+            "candidate_flag_rate": float(np.mean(cand_flags)) if pairs else math.nan,
+            "baseline_only": b_only,
+            "candidate_only": c_only,
+            "mcnemar_p": ab_stats.mcnemar_exact_p(b_only, c_only),
+        }
+        if name != "any":
+            out[name] |= {
+                "score_delta": ab_stats.spread(deltas),
+                "score_delta_median": float(np.median(deltas)) if deltas else math.nan,
+                "wilcoxon_p": ab_stats.wilcoxon_p(deltas),
+            }
+    return out
+
+
+def _images(pairs: list[Pair]) -> dict[str, Any]:
+    both = [p for p in pairs if p.baseline.image is not None and p.candidate.image is not None]
+    psnrs = [ab_stats.psnr(p.candidate.image, p.baseline.image) for p in both]
+    ssims = [ab_stats.ssim(p.candidate.image, p.baseline.image) for p in both]
+    finite = [x for x in psnrs if math.isfinite(x)]
+    return {
+        "compared": len(both),
+        "skipped_aborted": len(pairs) - len(both),
+        "identical": len(psnrs) - len(finite),
+        "psnr_db": ab_stats.spread(finite) if finite else {"n": len(psnrs), "mean": math.inf},
+        "ssim": ab_stats.spread(ssims),
+    }
+
+
+def _cost(pairs: list[Pair], info: VariantInfo, side: str) -> dict[str, float | None]:
+    runs = [getattr(p, side) for p in pairs]
+    peaks = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
+    return {
+        "seconds_per_run": float(np.mean([r.seconds for r in runs])),
+        "peak_memory_mb": max(peaks) if peaks else None,
+        "transformer_weights_mb": info.weight_mb,
+    }
+
+
+def compare(
+    pairs: list[Pair], baseline: VariantInfo, candidate: VariantInfo, gates: Gates, drill: str = ""
+) -> AbReport:
+    if not pairs:
+        raise ValueError("no pairs to compare")
+    divergence = _divergence(pairs)
+    detectors = _detectors(pairs)
+    images = _images(pairs)
+    final_x0 = divergence[-1]["x0_rel_l2"]["mean"] if divergence else math.inf
+    if images["compared"]:
+        psnr_mean, ssim_mean = images["psnr_db"]["mean"], images["ssim"]["mean"]
+    else:
+        psnr_mean, ssim_mean = -math.inf, -math.inf  # every pair aborted on one side: no images to judge
+    flag_increase = detectors["any"]["candidate_flag_rate"] - detectors["any"]["baseline_flag_rate"]
+    shifts = {
+        n: d["score_delta_median"]
+        for n, d in detectors.items()
+        if n != "any" and d["wilcoxon_p"] < gates.alpha and math.isfinite(d["score_delta_median"])
+    }
+    worst = max(shifts.items(), key=lambda kv: abs(kv[1]), default=("", 0.0))
+    checks = [
+        ("final x0_hat divergence (mean rel. L2)", final_x0, "<=", gates.max_x0_divergence),
+        ("final image PSNR (mean, dB)", psnr_mean, ">=", gates.min_psnr_db),
+        ("final image SSIM (mean)", ssim_mean, ">=", gates.min_ssim),
+        ("flag rate increase (any detector)", flag_increase, "<=", gates.max_flag_rate_increase),
+        (
+            f"significant score shift {worst[0] or '(none)'} (median)",
+            abs(worst[1]),
+            "<=",
+            gates.max_score_shift,
+        ),
+    ]
+    results = [
+        {"gate": g, "value": v, "op": op, "limit": lim, "passed": bool(v <= lim if op == "<=" else v >= lim)}
+        for g, v, op, lim in checks
+    ]
+    return AbReport(
+        baseline=baseline,
+        candidate=candidate,
+        pairs=len(pairs),
+        drill=drill,
+        divergence=divergence,
+        detectors=detectors,
+        images=images,
+        cost={
+            "baseline": _cost(pairs, baseline, "baseline"),
+            "candidate": _cost(pairs, candidate, "candidate"),
+        },
+        gates=results,
+        acceptable=all(r["passed"] for r in results),
+        gate_config=gates.model_dump(),
+    )

@@ -1,0 +1,107 @@
+"""Shadow mode: mirror a fraction of a deployment's requests to a candidate, off the caller's path.
+
+For a sampled request the primary run also records its trajectory. After the caller has its answer,
+the same resolved request (prompt, seed, steps, size, guidance) runs on the candidate's worker and
+the relative L2 distance between the two final latents goes to `latentguard_shadow_divergence`.
+The candidate's own report is counted under the candidate deployment like any request, so its
+artifact rate is measured on mirrored traffic (the A/B dashboard and alert read it).
+
+Bounds, so that shadow load never starves primary traffic:
+- at most `max_pending` shadow runs per pair at once; a request sampled beyond that is skipped;
+- a shadow run yields: it stops at the next step boundary as soon as any primary request is admitted
+  anywhere in the server (outcome `preempted`), so a primary request waits at most one denoising step.
+Every sampled request ends in one outcome: compared, skipped, preempted or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from latentguard.server.config import ShadowConfig
+from latentguard.server.metrics import Metrics
+from latentguard.server.requests import ResolvedRequest
+from latentguard.server.runner import PipelineRunner
+from latentguard.server.trajectory_record import RecordedTrajectory
+
+log = logging.getLogger(__name__)
+
+
+def final_divergence(candidate: RecordedTrajectory, baseline: RecordedTrajectory) -> float:
+    """||c - b|| / ||b|| of the final latents."""
+    b, c = baseline.latents[-1], candidate.latents[-1]
+    return float((c - b).norm() / b.norm().clamp_min(1e-12))
+
+
+class ShadowMirror:
+    def __init__(self, configs: list[ShadowConfig], metrics: Metrics, seed: int | None = None):
+        self.configs = configs
+        self.metrics = metrics
+        self.rng = random.Random(seed)
+        self.pending: dict[tuple[str, str], int] = {(c.baseline, c.candidate): 0 for c in configs}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def sample(self, deployment: str) -> list[ShadowConfig]:
+        """The shadow pairs this request of `deployment` is mirrored to (drawn per request)."""
+        return [c for c in self.configs if c.baseline == deployment and self.rng.random() < c.fraction]
+
+    def launch(
+        self,
+        cfg: ShadowConfig,
+        request: ResolvedRequest,
+        baseline: RecordedTrajectory,
+        runner: PipelineRunner,
+        executor: Executor,
+        primary_busy: Callable[[], bool],
+    ) -> None:
+        key = (cfg.baseline, cfg.candidate)
+        if self.pending[key] >= cfg.max_pending:
+            self.metrics.shadow_outcome(cfg.baseline, cfg.candidate, "skipped")
+            return
+        self.pending[key] += 1
+        task = asyncio.ensure_future(self._run(cfg, request, baseline, runner, executor, primary_busy))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(
+        self,
+        cfg: ShadowConfig,
+        request: ResolvedRequest,
+        baseline: RecordedTrajectory,
+        runner: PipelineRunner,
+        executor: Executor,
+        primary_busy: Callable[[], bool],
+    ) -> None:
+        shadow = dataclasses.replace(request, deployment=cfg.candidate, return_trajectory=True)
+        outcome = "error"
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                executor, lambda: runner.generate(shadow, should_stop=primary_busy, decode=False)
+            )
+            report, trajectory = result.report, result.trajectory
+            finished = report.steps_run == report.steps_requested
+            if trajectory is not None and finished and baseline.steps == trajectory.steps:
+                self.metrics.observe_shadow(
+                    cfg.baseline, cfg.candidate, final_divergence(trajectory, baseline)
+                )
+                self.metrics.observe(report)
+                outcome = "compared"
+            elif report.verdict == "abort":
+                self.metrics.observe(report)  # the candidate aborted what the baseline finished
+                outcome = "compared"
+            else:
+                outcome = "preempted"
+        except Exception:
+            log.exception("shadow run %s -> %s failed", cfg.baseline, cfg.candidate)
+        finally:
+            self.pending[(cfg.baseline, cfg.candidate)] -= 1
+            self.metrics.shadow_outcome(cfg.baseline, cfg.candidate, outcome)
+
+    async def wait(self) -> None:
+        """Until every shadow run in flight has finished (drain, tests)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
