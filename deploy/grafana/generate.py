@@ -285,6 +285,27 @@ def ab() -> dict:
                 [(f"deployment:latentguard_generation_seconds:p95_5m{{{pair}}}", "{{deployment}}")],
                 unit="s",
             ),
+            Panel(
+                "Shadow divergence p95 (1h): final latents, relative L2 on mirrored requests",
+                [
+                    (
+                        'baseline_candidate:latentguard_shadow_divergence:p95_1h{candidate="$candidate"}',
+                        "{{candidate}} vs {{baseline}}",
+                    )
+                ],
+                description="Shadow mode only (config `shadow:`). int4 vs fp32 on tiny-sd3 is ~0.04.",
+            ),
+            Panel(
+                "Shadow runs by outcome",
+                [
+                    (
+                        'baseline_candidate_outcome:latentguard_shadow_runs:rate5m{candidate="$candidate"}',
+                        "{{outcome}}",
+                    )
+                ],
+                unit="reqps",
+                description="preempted: yielded to primary traffic; skipped: max_pending reached.",
+            ),
         ],
     )
 

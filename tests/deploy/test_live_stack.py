@@ -41,7 +41,8 @@ CONFIG = {
             "max_sequence_length": 64,
             "baseline": "tiny-sd3",
         },
-    ]
+    ],
+    "shadow": [{"baseline": "tiny-sd3", "candidate": "tiny-sd3-canary", "fraction": 1.0}],
 }
 VARIABLES = {
     "$deployment": ".*",
