@@ -49,10 +49,11 @@ profiles: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/python evaluation/evaluate_detectors.py
 
-## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), then service benchmarks
+## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), service, shadow mode
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_shadow.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -64,6 +64,7 @@ class ShadowConfig(BaseModel):
     candidate: str
     fraction: float = Field(0.1, ge=0, le=1)
     max_pending: int = Field(1, ge=1)  # shadow runs waiting or running at once; more are skipped
+    max_wait_seconds: float = Field(10.0, ge=0)  # for the server to be idle; then the run is skipped
 
 
 def builtin_deployments() -> list[DeploymentConfig]:

@@ -176,6 +176,7 @@ class GuardrailService:
 
     def drain(self) -> None:
         self._set_state("draining")
+        self.shadow.close()
 
     def close(self) -> None:
         for w in self.workers.values():

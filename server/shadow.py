@@ -7,9 +7,12 @@ The candidate's own report is counted under the candidate deployment like any re
 artifact rate is measured on mirrored traffic (the A/B dashboard and alert read it).
 
 Bounds, so that shadow load never starves primary traffic:
-- at most `max_pending` shadow runs per pair at once; a request sampled beyond that is skipped;
-- a shadow run yields: it stops at the next step boundary as soon as any primary request is admitted
-  anywhere in the server (outcome `preempted`), so a primary request waits at most one denoising step.
+- at most `max_pending` shadow runs per pair at once (waiting or running); beyond that, skipped;
+- a shadow run starts only once no primary request is admitted anywhere in the server (checked every
+  IDLE_POLL seconds, from IDLE_POLL after the primary answered, since a client's next request usually
+  follows its answer within milliseconds); if that takes over `max_wait_seconds`, it is skipped;
+- a running shadow yields: it stops at the next step boundary as soon as a primary request is
+  admitted (outcome `preempted`), so a primary request waits at most about one denoising step.
 Every sampled request ends in one outcome: compared, skipped, preempted or error.
 """
 
@@ -29,6 +32,7 @@ from latentguard.server.runner import PipelineRunner
 from latentguard.server.trajectory_record import RecordedTrajectory
 
 log = logging.getLogger(__name__)
+IDLE_POLL = 0.05  # seconds
 
 
 def final_divergence(candidate: RecordedTrajectory, baseline: RecordedTrajectory) -> float:
@@ -44,6 +48,7 @@ class ShadowMirror:
         self.rng = random.Random(seed)
         self.pending: dict[tuple[str, str], int] = {(c.baseline, c.candidate): 0 for c in configs}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
 
     def sample(self, deployment: str) -> list[ShadowConfig]:
         """The shadow pairs this request of `deployment` is mirrored to (drawn per request)."""
@@ -79,6 +84,9 @@ class ShadowMirror:
         shadow = dataclasses.replace(request, deployment=cfg.candidate, return_trajectory=True)
         outcome = "error"
         try:
+            if not await self._until_idle(primary_busy, cfg.max_wait_seconds):
+                outcome = "skipped"
+                return
             result = await asyncio.get_running_loop().run_in_executor(
                 executor, lambda: runner.generate(shadow, should_stop=primary_busy, decode=False)
             )
@@ -100,6 +108,20 @@ class ShadowMirror:
         finally:
             self.pending[(cfg.baseline, cfg.candidate)] -= 1
             self.metrics.shadow_outcome(cfg.baseline, cfg.candidate, outcome)
+
+    async def _until_idle(self, primary_busy: Callable[[], bool], max_wait: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        await asyncio.sleep(IDLE_POLL)
+        while primary_busy():
+            if self.closing or loop.time() >= deadline:
+                return False
+            await asyncio.sleep(IDLE_POLL)
+        return not self.closing
+
+    def close(self) -> None:
+        """Draining: runs not yet started are skipped; running ones stop at their next step."""
+        self.closing = True
 
     async def wait(self) -> None:
         """Until every shadow run in flight has finished (drain, tests)."""

@@ -63,7 +63,9 @@ def test_shadow_runs_yield_to_primary_traffic_and_every_sampled_request_has_an_o
     after = settle(server)
     delta = {k: outcomes(after)[k] - outcomes(before)[k] for k in outcomes(after)}
     assert sum(delta.values()) == 2 and delta["error"] == 0
-    assert delta["preempted"] >= 1, delta
+    # the first one's shadow waited for (or yielded to) the second primary; the second's was then
+    # beyond max_pending (skipped), or ran once the server was idle
+    assert delta["preempted"] + delta["skipped"] >= 1 and delta["compared"] >= 1, delta
 
 
 def test_shadow_config_is_validated():
