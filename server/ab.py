@@ -38,6 +38,20 @@ class RunRecord:
     trajectory: RecordedTrajectory
     peak_rss_mb: float | None = None
 
+    @classmethod
+    def from_report(cls, report: Any, seconds: float, image: np.ndarray | None, **kw: Any) -> RunRecord:
+        """From a detectors.Report or a protobuf Report (same field names)."""
+        return cls(
+            verdict=report.verdict,
+            scores={d.name: d.score for d in report.detectors if not d.error},
+            flagged={d.name: d.flagged for d in report.detectors},
+            steps_run=report.steps_run,
+            steps_requested=report.steps_requested,
+            seconds=seconds,
+            image=image,
+            **kw,
+        )
+
 
 @dataclass
 class VariantInfo:
@@ -101,16 +115,11 @@ class InProcessSource:
             torch.cuda.reset_peak_memory_stats()
         result = PipelineRunner(dep, self.settings.backend).generate(req, on_step=sample_memory)
         peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak[0] / 2**20
-        report = result.report
         assert result.trajectory is not None
-        return RunRecord(
-            verdict=report.verdict,
-            scores={d.name: d.score for d in report.detectors if not d.error},
-            flagged={d.name: d.flagged for d in report.detectors},
-            steps_run=report.steps_run,
-            steps_requested=report.steps_requested,
-            seconds=report.timings.total_seconds,
-            image=np.asarray(result.image.convert("RGB")) if result.image is not None else None,
+        return RunRecord.from_report(
+            result.report,
+            result.report.timings.total_seconds,
+            np.asarray(result.image.convert("RGB")) if result.image is not None else None,
             trajectory=result.trajectory,
             peak_rss_mb=peak_mb,
         )
@@ -150,15 +159,11 @@ class GrpcSource:
         start = time.perf_counter()
         resp = self.stub.Generate(req, timeout=self.timeout)
         seconds = time.perf_counter() - start
-        r = resp.report
-        return RunRecord(
-            verdict=r.verdict,
-            scores={d.name: d.score for d in r.detectors if not d.error},
-            flagged={d.name: d.flagged for d in r.detectors},
-            steps_run=r.steps_run,
-            steps_requested=r.steps_requested,
-            seconds=seconds,  # as the client sees it: network and PNG encoding included
-            image=_decode_png(resp.image_png),
+        # seconds as the client sees them: network and PNG encoding included
+        return RunRecord.from_report(
+            resp.report,
+            seconds,
+            _decode_png(resp.image_png),
             trajectory=trajectory_from_proto(resp.trajectory),
         )
 

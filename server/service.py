@@ -35,7 +35,7 @@ from latentguard.server.errors import (
 from latentguard.server.metrics import DeploymentLabels, Metrics
 from latentguard.server.requests import GenerateRequest, ResolvedRequest, resolve
 from latentguard.server.runner import GenerateResult, PipelineRunner, build_report
-from latentguard.server.shadow import ShadowMirror
+from latentguard.server.shadow import ShadowJob, ShadowMirror
 
 log = logging.getLogger(__name__)
 State = Literal["warming", "serving", "draining"]
@@ -263,7 +263,7 @@ class GuardrailService:
                 continue
             target = self.workers[cfg.candidate]
             self.shadow.launch(
-                cfg, resolved, result.trajectory, target.runner, target.executor, self.primary_busy
+                ShadowJob(cfg, resolved, result.trajectory, target.runner, target.executor, self.primary_busy)
             )
 
     def primary_busy(self) -> bool:

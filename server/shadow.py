@@ -24,6 +24,7 @@ import logging
 import random
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 from latentguard.server.config import ShadowConfig
 from latentguard.server.metrics import Metrics
@@ -33,6 +34,18 @@ from latentguard.server.trajectory_record import RecordedTrajectory
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 0.05  # seconds
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """One sampled request to mirror: the baseline's resolved request and trajectory, and where to run."""
+
+    config: ShadowConfig
+    request: ResolvedRequest
+    baseline: RecordedTrajectory
+    runner: PipelineRunner  # the candidate's
+    executor: Executor  # the candidate's worker
+    primary_busy: Callable[[], bool]
 
 
 def final_divergence(candidate: RecordedTrajectory, baseline: RecordedTrajectory) -> float:
@@ -54,48 +67,33 @@ class ShadowMirror:
         """The shadow pairs this request of `deployment` is mirrored to (drawn per request)."""
         return [c for c in self.configs if c.baseline == deployment and self.rng.random() < c.fraction]
 
-    def launch(
-        self,
-        cfg: ShadowConfig,
-        request: ResolvedRequest,
-        baseline: RecordedTrajectory,
-        runner: PipelineRunner,
-        executor: Executor,
-        primary_busy: Callable[[], bool],
-    ) -> None:
+    def launch(self, job: ShadowJob) -> None:
+        cfg = job.config
         key = (cfg.baseline, cfg.candidate)
         if self.pending[key] >= cfg.max_pending:
             self.metrics.shadow_outcome(cfg.baseline, cfg.candidate, "skipped")
             return
         self.pending[key] += 1
-        task = asyncio.ensure_future(self._run(cfg, request, baseline, runner, executor, primary_busy))
+        task = asyncio.ensure_future(self._run(job))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(
-        self,
-        cfg: ShadowConfig,
-        request: ResolvedRequest,
-        baseline: RecordedTrajectory,
-        runner: PipelineRunner,
-        executor: Executor,
-        primary_busy: Callable[[], bool],
-    ) -> None:
-        shadow = dataclasses.replace(request, deployment=cfg.candidate, return_trajectory=True)
+    async def _run(self, job: ShadowJob) -> None:
+        cfg = job.config
+        shadow = dataclasses.replace(job.request, deployment=cfg.candidate, return_trajectory=True)
         outcome = "error"
         try:
-            if not await self._until_idle(primary_busy, cfg.max_wait_seconds):
+            if not await self._until_idle(job.primary_busy, cfg.max_wait_seconds):
                 outcome = "skipped"
                 return
             result = await asyncio.get_running_loop().run_in_executor(
-                executor, lambda: runner.generate(shadow, should_stop=primary_busy, decode=False)
+                job.executor, lambda: job.runner.generate(shadow, should_stop=job.primary_busy, decode=False)
             )
             report, trajectory = result.report, result.trajectory
             finished = report.steps_run == report.steps_requested
-            if trajectory is not None and finished and baseline.steps == trajectory.steps:
-                self.metrics.observe_shadow(
-                    cfg.baseline, cfg.candidate, final_divergence(trajectory, baseline)
-                )
+            if trajectory is not None and finished and job.baseline.steps == trajectory.steps:
+                divergence = final_divergence(trajectory, job.baseline)
+                self.metrics.observe_shadow(cfg.baseline, cfg.candidate, divergence)
                 self.metrics.observe(report)
                 outcome = "compared"
             elif report.verdict == "abort":
