@@ -43,7 +43,8 @@ def main() -> None:
         table = Table(
             "deployment", "seed", "drill", "verdict", "flagged (first step)", "steps", "guard ms/step"
         )
-        for dep in ("tiny-sd3", "tiny-flux"):
+        served = [d.name for d in stub.ListDeployments(pb.ListDeploymentsRequest(), timeout=10).deployments]
+        for dep in served:  # tiny-sd3, tiny-flux, and the FP8 / int4 candidates of tiny-sd3
             plan = [("", seed) for seed in range(args.requests)] + [(d, 100) for d in DRILLS[1:]]
             for drill, seed in plan:
                 req = pb.GenerateRequest(
