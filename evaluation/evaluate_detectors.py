@@ -1,14 +1,14 @@
 """Detection evaluation on the built-in deployments: AUROC, TPR at the calibrated FPR, detection delay.
 
     python evaluation/evaluate_detectors.py [--deployments tiny-sd3,tiny-flux]
-        [--runs 200] [--benign-runs 1000]
+        [--runs 200] [--benign-runs 1000] [--out results]
 
 For each deployment: `--benign-runs` benign runs and, for each drill kind at each strength, `--runs`
 drilled runs, all on evaluation prompts and seeds disjoint from calibration (prompts from
 server/prompts/evaluation.txt, seeds from 100000; calibration uses seeds below 1600). Injection steps
 cycle over 2, 4, 6, 8 by batch. Strength is relative to the per-channel std of x0_hat (drills.py).
 The guard runs with the shipped calibration profile, exactly as in the service (annotate-only, so
-every step is scored). Writes evaluation/results.md and evaluation/results.json.
+every step is scored). Writes evaluation/<out>.md and evaluation/<out>.json.
 """
 
 from __future__ import annotations
@@ -140,12 +140,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--benign-runs", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--out", default="results", help="output name under evaluation/ (.md and .json)")
     args = parser.parse_args()
     rows = []
     for name in args.deployments.split(","):
         rows += evaluate(name, args.runs, args.benign_runs, args.batch)
-    (HERE / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (HERE / "results.md").write_text(to_markdown(rows))
+    (HERE / f"{args.out}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (HERE / f"{args.out}.md").write_text(to_markdown(rows))
     print(to_markdown(rows))
 
 

@@ -35,7 +35,7 @@ class RunRecord:
     steps_requested: int
     seconds: float
     image: np.ndarray | None  # H x W x 3 uint8; None when aborted
-    trajectory: RecordedTrajectory
+    trajectory: RecordedTrajectory | None  # until the pair is reduced (Pair.of)
     peak_rss_mb: float | None = None
 
     @classmethod
@@ -179,12 +179,42 @@ class Gates(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1)  # ... that is significant at this level (Wilcoxon)
 
 
+@dataclass(frozen=True)
+class StepDivergence:
+    sigma: float
+    latents_rel_l2: float
+    latents_cosine: float
+    x0_rel_l2: float
+    x0_cosine: float
+
+
 @dataclass
 class Pair:
+    """Two runs of one (prompt, seed). Their trajectories are reduced to per-step divergence as soon as
+    the pair is complete and then dropped, so memory does not grow with the number of pairs."""
+
     prompt: str
     seed: int
     baseline: RunRecord
     candidate: RunRecord
+    steps: list[StepDivergence] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, prompt: str, seed: int, baseline: RunRecord, candidate: RunRecord) -> Pair:
+        b, c = baseline.trajectory, candidate.trajectory
+        assert b is not None and c is not None
+        steps = [
+            StepDivergence(
+                sigma=b.sigmas[i],
+                latents_rel_l2=ab_stats.relative_l2(c.latents[i + 1], b.latents[i + 1]),
+                latents_cosine=ab_stats.cosine(c.latents[i + 1], b.latents[i + 1]),
+                x0_rel_l2=ab_stats.relative_l2(c.x0_hat(i), b.x0_hat(i)),
+                x0_cosine=ab_stats.cosine(c.x0_hat(i), b.x0_hat(i)),
+            )
+            for i in range(min(baseline.steps_run, candidate.steps_run))
+        ]
+        baseline.trajectory = candidate.trajectory = None
+        return cls(prompt, seed, baseline, candidate, steps)
 
 
 @dataclass
@@ -237,25 +267,23 @@ def run_pairs(
             cand = source.run(candidate, prompt, seed, candidate_drill)
             if on_run:
                 on_run()
-            pairs.append(Pair(prompt, seed, base, cand))
+            pairs.append(Pair.of(prompt, seed, base, cand))
     return pairs
 
 
 def _divergence(pairs: list[Pair]) -> list[dict[str, Any]]:
-    steps = max(min(p.baseline.steps_run, p.candidate.steps_run) for p in pairs) if pairs else 0
+    """Per step, the spread over the pairs that ran it on both sides."""
     out = []
-    for i in range(steps):
-        both = [p for p in pairs if min(p.baseline.steps_run, p.candidate.steps_run) > i]
-        lat = [(p.candidate.trajectory.latents[i + 1], p.baseline.trajectory.latents[i + 1]) for p in both]
-        x0 = [(p.candidate.trajectory.x0_hat(i), p.baseline.trajectory.x0_hat(i)) for p in both]
+    for i in range(max((len(p.steps) for p in pairs), default=0)):
+        at = [p.steps[i] for p in pairs if len(p.steps) > i]
         out.append(
             {
                 "step": i,
-                "sigma": both[0].baseline.trajectory.sigmas[i],
-                "latents_rel_l2": ab_stats.spread([ab_stats.relative_l2(c, b) for c, b in lat]),
-                "latents_cosine": ab_stats.spread([ab_stats.cosine(c, b) for c, b in lat]),
-                "x0_rel_l2": ab_stats.spread([ab_stats.relative_l2(c, b) for c, b in x0]),
-                "x0_cosine": ab_stats.spread([ab_stats.cosine(c, b) for c, b in x0]),
+                "sigma": at[0].sigma,
+                **{
+                    key: ab_stats.spread([getattr(s, key) for s in at])
+                    for key in ("latents_rel_l2", "latents_cosine", "x0_rel_l2", "x0_cosine")
+                },
             }
         )
     return out
