@@ -28,6 +28,8 @@ from latentguard.server.requests import GenerateRequest, resolve
         ({"drill": "aliasing:freq=0.9"}, "freq must be"),
         ({"drill": "nan:step=40"}, "beyond the last step"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
+        # 101 x 16 x 128 x 128 float32 latents = 101 MiB > max_trajectory_mb (48)
+        ({"return_trajectory": True, "steps": 100, "width": 1024, "height": 1024}, "limit is 48 MiB"),
     ],
 )
 def test_bad_request_fields(fields, message, sd3, settings):
