@@ -91,10 +91,8 @@ class InProcessSource:
         return self.deployments[name]
 
     def info(self, deployment: str) -> VariantInfo:
-        from latentguard.server.quantization import weight_bytes
-
         dep = self._dep(deployment)
-        return VariantInfo(deployment, dep.config.variant, weight_bytes(dep.pipe.transformer) / 2**20)
+        return VariantInfo(deployment, dep.config.variant, dep.weight_bytes / 2**20)
 
     def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
         from latentguard.server.requests import GenerateRequest, resolve
@@ -203,16 +201,18 @@ class Pair:
     def of(cls, prompt: str, seed: int, baseline: RunRecord, candidate: RunRecord) -> Pair:
         b, c = baseline.trajectory, candidate.trajectory
         assert b is not None and c is not None
-        steps = [
-            StepDivergence(
-                sigma=b.sigmas[i],
-                latents_rel_l2=ab_stats.relative_l2(c.latents[i + 1], b.latents[i + 1]),
-                latents_cosine=ab_stats.cosine(c.latents[i + 1], b.latents[i + 1]),
-                x0_rel_l2=ab_stats.relative_l2(c.x0_hat(i), b.x0_hat(i)),
-                x0_cosine=ab_stats.cosine(c.x0_hat(i), b.x0_hat(i)),
+        steps = []
+        for i in range(min(baseline.steps_run, candidate.steps_run)):
+            c_x0, b_x0 = c.x0_hat(i), b.x0_hat(i)
+            steps.append(
+                StepDivergence(
+                    sigma=b.sigmas[i],
+                    latents_rel_l2=ab_stats.relative_l2(c.latents[i + 1], b.latents[i + 1]),
+                    latents_cosine=ab_stats.cosine(c.latents[i + 1], b.latents[i + 1]),
+                    x0_rel_l2=ab_stats.relative_l2(c_x0, b_x0),
+                    x0_cosine=ab_stats.cosine(c_x0, b_x0),
+                )
             )
-            for i in range(min(baseline.steps_run, candidate.steps_run))
-        ]
         baseline.trajectory = candidate.trajectory = None
         return cls(prompt, seed, baseline, candidate, steps)
 

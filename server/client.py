@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 import torch
 
+from latentguard.server import tensors
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
 MAX_MESSAGE = 64 * 1024 * 1024
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def channel(target: str) -> grpc.Channel:
@@ -35,11 +35,8 @@ def channel(target: str) -> grpc.Channel:
 
 
 def tensor_frame(latents: torch.Tensor, step: int, **fields: Any) -> pb.InspectFrame:
-    t = latents.detach().contiguous().cpu()
-    if t.dtype not in DTYPE_NAMES:
-        t = t.float()
-    raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
-    return pb.InspectFrame(step=step, latents=raw, dtype=DTYPE_NAMES[t.dtype], shape=list(t.shape), **fields)
+    raw, dtype, shape = tensors.encode(latents)
+    return pb.InspectFrame(step=step, latents=raw, dtype=dtype, shape=shape, **fields)
 
 
 class InspectCallback:

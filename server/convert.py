@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from latentguard.detectors import Report
+from latentguard.server import tensors
 from latentguard.server.deployments import Deployment
-from latentguard.server.quantization import weight_bytes
 from latentguard.server.requests import GenerateRequest
 from latentguard.server.runner import GenerateResult
 from latentguard.server.trajectory_record import RecordedTrajectory
@@ -41,12 +41,12 @@ def report_to_proto(report: Report) -> pb.Report:
 
 
 def tensor_to_proto(t: torch.Tensor) -> pb.Tensor:
-    t = t.detach().float().cpu().contiguous()
-    return pb.Tensor(data=t.numpy().tobytes(), dtype="float32", shape=list(t.shape))
+    data, dtype, shape = tensors.encode(t)
+    return pb.Tensor(data=data, dtype=dtype, shape=shape)
 
 
 def tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
-    return torch.frombuffer(bytearray(msg.data), dtype=torch.float32).reshape(list(msg.shape))
+    return tensors.decode(msg.data, msg.dtype, list(msg.shape))
 
 
 def trajectory_to_proto(traj: RecordedTrajectory) -> pb.Trajectory:
@@ -84,5 +84,5 @@ def deployment_to_proto(dep: Deployment) -> pb.DeploymentInfo:
         default_height=c.height,
         profile=dep.profile.fingerprint if dep.profile else "",
         detectors=list(dep.detectors),
-        transformer_bytes=weight_bytes(dep.pipe.transformer),
+        transformer_bytes=dep.weight_bytes,
     )

@@ -23,7 +23,7 @@ from latentguard.detectors import (
 from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
 from latentguard.server.families import FAMILIES, FamilyOps, Pipeline
-from latentguard.server.quantization import QUANTIZED, compute_dtype, quantize_transformer
+from latentguard.server.quantization import QUANTIZED, compute_dtype, quantize_transformer, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Deployment:
     pipe: Pipeline
     family: FamilyOps
     fingerprint: str
+    weight_bytes: int = 0  # stored size of the transformer's state (smaller for quantized variants)
     profile: CalibrationProfile | None = None
     detectors: dict[str, Detector] = field(default_factory=dict)
     policies: dict[str, DetectorPolicy] = field(default_factory=default_policies)
@@ -148,7 +149,13 @@ class Deployment:
 
 def load_deployment(config: DeploymentConfig, device: str = "cpu", with_profile: bool = True) -> Deployment:
     pipe = load_pipeline(config, device)
-    dep = Deployment(config=config, pipe=pipe, family=FAMILIES[config.family], fingerprint=fingerprint(pipe))
+    dep = Deployment(
+        config=config,
+        pipe=pipe,
+        family=FAMILIES[config.family],
+        fingerprint=fingerprint(pipe),
+        weight_bytes=weight_bytes(pipe.transformer),
+    )
     policies = default_policies()
     for name, pol in config.policies.items():
         policies[name] = DetectorPolicy(pol.action, pol.on_error)

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from latentguard.detectors import RequestGuard
-from latentguard.server import convert
+from latentguard.server import convert, tensors
 from latentguard.server.config import Settings
 from latentguard.server.errors import (
     DeadlineExceeded,
@@ -34,7 +34,6 @@ from latentguard.server.service import (
     Cancellation,
     GuardrailService,
     InspectSession,
-    decode_tensor,
     deployment_labels,
 )
 from latentguard.v1 import guardrail_pb2 as pb
@@ -164,7 +163,7 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
         session: InspectSession | None = None
         with self.service.inspect_admission():
             async for frame in request_iterator:
-                latents = decode_tensor(frame.latents, frame.dtype, list(frame.shape))
+                latents = tensors.decode(frame.latents, frame.dtype, list(frame.shape))
                 if session is None:
                     if frame.step != -1:
                         raise InvalidArgument(

@@ -151,9 +151,11 @@ class Metrics:
         if seconds is not None:
             self.generation.labels(d.deployment, outcome).observe(seconds)
 
-    def set_admission(self, deployment: str, admitted: int, capacity: int) -> None:
-        self.admitted.labels(deployment).set(admitted)
+    def set_capacity(self, deployment: str, capacity: int) -> None:
         self.capacity.labels(deployment).set(capacity)
+
+    def set_admitted(self, deployment: str, admitted: int) -> None:
+        self.admitted.labels(deployment).set(admitted)
 
     def observe_shadow(self, baseline: str, candidate: str, divergence: float) -> None:
         self.shadow_divergence.labels(baseline, candidate).observe(divergence)

@@ -39,7 +39,6 @@ from latentguard.server.shadow import ShadowJob, ShadowMirror
 
 log = logging.getLogger(__name__)
 State = Literal["warming", "serving", "draining"]
-TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Cancellation:
@@ -127,18 +126,6 @@ class InspectSession:
         return build_report(self.dep, self.guard, 0, steps, "", time.perf_counter() - self.started, False)
 
 
-def decode_tensor(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
-    if dtype not in TENSOR_DTYPES:
-        raise InvalidArgument(f"unsupported latents dtype {dtype!r}; expected one of {sorted(TENSOR_DTYPES)}")
-    if len(shape) != 4 or any(s <= 0 for s in shape):
-        raise InvalidArgument(f"latents shape must be [B, C, H, W] with positive sizes, got {list(shape)}")
-    tdtype = TENSOR_DTYPES[dtype]
-    expected = int(torch.tensor(shape).prod()) * torch.empty((), dtype=tdtype).element_size()
-    if len(data) != expected:
-        raise InvalidArgument(f"latents have {len(data)} bytes; {dtype} {list(shape)} needs {expected}")
-    return torch.frombuffer(bytearray(data), dtype=tdtype).reshape(shape)
-
-
 class GuardrailService:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
@@ -170,7 +157,7 @@ class GuardrailService:
                     worker.executor, worker.runner.generate, warm
                 )
             self.workers[dep.name] = worker
-            self.metrics.set_admission(dep.name, 0, worker.capacity)
+            self.metrics.set_capacity(dep.name, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
         self._set_state("serving")
 
@@ -211,7 +198,7 @@ class GuardrailService:
         except (InvalidArgument, ResourceExhausted):
             self.metrics.reject(req.deployment)
             raise
-        self.metrics.set_admission(req.deployment, worker.admitted, worker.capacity)
+        self.metrics.set_admitted(req.deployment, worker.admitted)
         mirrors = self.shadow.sample(req.deployment)
         run = dataclasses.replace(resolved, return_trajectory=True) if mirrors else resolved
         start = time.perf_counter()
@@ -233,7 +220,7 @@ class GuardrailService:
                 result = await job
         finally:
             worker.release()
-            self.metrics.set_admission(req.deployment, worker.admitted, worker.capacity)
+            self.metrics.set_admitted(req.deployment, worker.admitted)
         report, seconds = result.report, time.perf_counter() - start
         stopped_early = report.steps_run < report.steps_requested and report.verdict != "abort"
         if stopped_early and cancel.expired:

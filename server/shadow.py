@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from latentguard.server.ab_stats import relative_l2
 from latentguard.server.config import ShadowConfig
 from latentguard.server.metrics import Metrics
 from latentguard.server.requests import ResolvedRequest
@@ -50,8 +51,7 @@ class ShadowJob:
 
 def final_divergence(candidate: RecordedTrajectory, baseline: RecordedTrajectory) -> float:
     """||c - b|| / ||b|| of the final latents."""
-    b, c = baseline.latents[-1], candidate.latents[-1]
-    return float((c - b).norm() / b.norm().clamp_min(1e-12))
+    return relative_l2(candidate.latents[-1], baseline.latents[-1])
 
 
 class ShadowMirror:

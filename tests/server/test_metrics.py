@@ -134,7 +134,8 @@ def test_detector_errors_and_admission_gauges_are_recorded():
     fine = DetectorReport("latent_variance", 0.5, 1.0, False, -1)
     report = Report("pass", "cand", "sd3", "fp8", 0, 4, 4, -1, "", [failing, fine], [])
     metrics.observe(report, 0.1)
-    metrics.set_admission("cand", 3, 9)
+    metrics.set_capacity("cand", 9)
+    metrics.set_admitted("cand", 3)
     text = generate_latest(registry).decode()
     errors = "latentguard_detector_errors_total"
     assert value(text, errors, deployment="cand", detector="spectral_residual") == 1
