@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -237,8 +238,9 @@ class Server:
     async def warm(self) -> None:
         """Load and warm every deployment, then report SERVING."""
         await self.service.start()
-        await self._set_health(True)
-        log.info("serving %s", ", ".join(self.service.workers))
+        if self.service.state == "serving":
+            await self._set_health(True)
+            log.info("serving %s", ", ".join(self.service.workers))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new requests, let those in flight finish (up to grace), stop."""
@@ -256,18 +258,62 @@ class Server:
         await self._stopped.wait()
 
 
+class DrainSignals:
+    """SIGTERM / SIGINT start one drain; every later signal is logged and ignored until exit 0.
+
+    Installed with `signal.signal`, not `loop.add_signal_handler`: the event loop removes its own
+    handlers when it closes, which restores the default action (terminate), and supervisors (and
+    `ServeProcess.terminate`) often repeat SIGTERM while shutdown is still under way. A second SIGINT
+    is the one exception, on purpose: an operator pressing Ctrl-C twice gets an immediate exit (130).
+    Once the drain is done, SIGTERM is set to SIG_IGN: Python's own finalization resets signals that
+    have a Python handler to their default action, which would let a late SIGTERM kill the exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, start_drain: Callable[[], None]):
+        self.loop, self.start_drain = loop, start_drain
+        self.received: list[str] = []
+
+    def install(self) -> DrainSignals:
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        self.received.append(name)
+        if len(self.received) == 1:
+            log.info("%s: draining", name)
+            try:
+                self.loop.call_soon_threadsafe(self.start_drain)
+            except RuntimeError:  # the loop already closed: the process is on its way out anyway
+                pass
+        elif signum == signal.SIGINT:
+            log.warning("second SIGINT: exiting now, without finishing the drain")
+            os._exit(130)
+        else:
+            log.info("%s during drain: ignored (drain started by %s)", name, self.received[0])
+
+    def drained(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 async def serve(settings: Settings) -> None:
+    """Serve until a signal drains the server; returns normally (exit 0) once the drain is done."""
     server = Server(settings)
-    loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
 
-    def on_signal() -> None:
-        if not stopping:
-            log.info("signal received: draining (grace %.0fs)", settings.grace_seconds)
-            stopping.append(asyncio.ensure_future(server.stop()))
+    def start_drain() -> None:
+        log.info("draining (grace %.0fs)", settings.grace_seconds)
+        stopping.append(asyncio.ensure_future(server.stop()))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    signals = DrainSignals(asyncio.get_running_loop(), start_drain).install()
     await server.start()
-    await server.warm()
+    warm = asyncio.ensure_future(server.warm())
     await server.wait()
+    if not warm.done():  # drained while still loading
+        warm.cancel()
+    await asyncio.gather(warm, *stopping, return_exceptions=True)
+    signals.drained()
+    log.info("drained; exiting")

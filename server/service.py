@@ -159,6 +159,8 @@ class GuardrailService:
             self.workers[dep.name] = worker
             self.metrics.set_capacity(dep.name, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
+            if self.state != "warming":  # drained while loading: never report serving
+                return
         self._set_state("serving")
 
     def drain(self) -> None:
