@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## demo: serve on loopback, send benign and drilled requests over gRPC, print verdicts and /metrics rates
 demo: $(STAMP)
-	$(BIN)/python -m latentguard.server.demo
+	$(BIN)/python -m latentguard.server.harness.demo
 	mkdir -p out
 	$(BIN)/latentguard generate --local --deployment tiny-sd3 --prompt "a red fox" --seed 7 \
 		--out out/fox.png --report out/report.json
@@ -40,10 +40,10 @@ lint: $(STAMP)
 
 ## profiles: regenerate the shipped calibration profiles of the built-in deployments
 profiles: $(STAMP)
-	$(BIN)/latentguard calibrate --deployment tiny-sd3 --seeds 16 --out server/profiles/tiny-sd3.json
-	$(BIN)/latentguard calibrate --deployment tiny-flux --seeds 16 --out server/profiles/tiny-flux.json
-	$(BIN)/latentguard calibrate --deployment tiny-sd3-fp8 --seeds 16 --out server/profiles/tiny-sd3-fp8.json
-	$(BIN)/latentguard calibrate --deployment tiny-sd3-int4 --seeds 16 --out server/profiles/tiny-sd3-int4.json
+	$(BIN)/latentguard calibrate --deployment tiny-sd3 --seeds 16 --out server/pipelines/profiles/tiny-sd3.json
+	$(BIN)/latentguard calibrate --deployment tiny-flux --seeds 16 --out server/pipelines/profiles/tiny-flux.json
+	$(BIN)/latentguard calibrate --deployment tiny-sd3-fp8 --seeds 16 --out server/pipelines/profiles/tiny-sd3-fp8.json
+	$(BIN)/latentguard calibrate --deployment tiny-sd3-int4 --seeds 16 --out server/pipelines/profiles/tiny-sd3-int4.json
 
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)

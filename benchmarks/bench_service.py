@@ -28,12 +28,12 @@ warnings.filterwarnings("ignore")
 from run_record import append_row  # noqa: E402
 
 from latentguard.detectors import DetectorPolicy  # noqa: E402
-from latentguard.server import tiny  # noqa: E402
-from latentguard.server.background import BackgroundServer  # noqa: E402
 from latentguard.server.config import DeploymentConfig, Limits, Settings  # noqa: E402
-from latentguard.server.deployments import FAMILIES, Deployment, attach_profile, fingerprint  # noqa: E402
-from latentguard.server.requests import GenerateRequest, resolve  # noqa: E402
-from latentguard.server.runner import PipelineRunner, initial_noise  # noqa: E402
+from latentguard.server.harness.background import BackgroundServer  # noqa: E402
+from latentguard.server.pipelines import tiny  # noqa: E402
+from latentguard.server.pipelines.deployments import FAMILIES, Deployment, attach_profile, fingerprint  # noqa: E402
+from latentguard.server.pipelines.requests import GenerateRequest, resolve  # noqa: E402
+from latentguard.server.pipelines.runner import PipelineRunner, initial_noise  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -101,7 +101,7 @@ def bench_guard_overhead(steps: int, repeats: int, layers: int, head_dim: int) -
 
 
 def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
-    from latentguard.server.client import channel
+    from latentguard.server.rpc.client import channel
     from latentguard.v1 import guardrail_pb2 as pb
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -130,7 +130,7 @@ def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
 
 
 def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
-    from latentguard.server.client import channel, tensor_frame
+    from latentguard.server.rpc.client import channel, tensor_frame
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
     srv = BackgroundServer(loopback_settings(warmup=False)).start()

@@ -25,9 +25,9 @@ warnings.filterwarnings("ignore")
 
 from run_record import append_row  # noqa: E402
 
-from latentguard.server.background import BackgroundServer  # noqa: E402
-from latentguard.server.client import channel  # noqa: E402
 from latentguard.server.config import Settings, ShadowConfig  # noqa: E402
+from latentguard.server.harness.background import BackgroundServer  # noqa: E402
+from latentguard.server.rpc.client import channel  # noqa: E402
 from latentguard.v1 import guardrail_pb2 as pb  # noqa: E402
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 For each deployment: `--benign-runs` benign runs and, for each drill kind at each strength, `--runs`
 drilled runs, all on evaluation prompts and seeds disjoint from calibration (prompts from
-server/prompts/evaluation.txt, seeds from 100000; calibration uses seeds below 1600). Injection steps
+server/offline/prompts/evaluation.txt, seeds from 100000; calibration uses seeds below 1600). Injection steps
 cycle over 2, 4, 6, 8 by batch. Strength is relative to the per-channel std of x0_hat (drills.py).
 The guard runs with the shipped calibration profile, exactly as in the service (annotate-only, so
 every step is scored). Writes evaluation/<out>.md and evaluation/<out>.json.
@@ -23,9 +23,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from latentguard.detectors import Drill
-from latentguard.server.calibrate import PROMPTS_DIR, collect, read_prompts
 from latentguard.server.config import Settings
-from latentguard.server.deployments import load_deployment
+from latentguard.server.offline.calibrate import PROMPTS_DIR, collect, read_prompts
+from latentguard.server.pipelines.deployments import load_deployment
 
 STRENGTHS = {
     "aliasing": (0.1, 0.25, 0.5),

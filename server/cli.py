@@ -75,11 +75,11 @@ def generate(
     """Generate one image with the guardrail watching every step; prints the verdict."""
     _quiet_libraries()
     from latentguard.server.config import Settings
-    from latentguard.server.convert import png_bytes
-    from latentguard.server.deployments import load_deployment
     from latentguard.server.errors import LatentguardError
-    from latentguard.server.requests import GenerateRequest, resolve
-    from latentguard.server.runner import PipelineRunner
+    from latentguard.server.pipelines.deployments import load_deployment
+    from latentguard.server.pipelines.requests import GenerateRequest, resolve
+    from latentguard.server.pipelines.runner import PipelineRunner
+    from latentguard.server.rpc.convert import png_bytes
 
     if local == (target is not None):
         _fail(ValueError("pass exactly one of --local (in process) or --target HOST:PORT (a running server)"))
@@ -132,7 +132,7 @@ def _generate_remote(target: str, req, timeout: float):
     import grpc
 
     from latentguard.detectors import Report
-    from latentguard.server.client import channel
+    from latentguard.server.rpc.client import channel
     from latentguard.v1 import guardrail_pb2 as pb
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -179,7 +179,7 @@ def serve(
 
     from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
-    from latentguard.server.grpc_server import serve as run_server
+    from latentguard.server.rpc.server import serve as run_server
 
     try:
         settings = Settings.load(config, port=port, metrics_port=metrics_port, host=host)
@@ -204,10 +204,10 @@ def calibrate(
 ) -> None:
     """Fit and calibrate every detector on benign runs; writes a versioned profile."""
     _quiet_libraries()
-    from latentguard.server.calibrate import PROMPTS_DIR, calibrate_deployment, read_prompts
     from latentguard.server.config import Settings
-    from latentguard.server.deployments import load_deployment
     from latentguard.server.errors import LatentguardError
+    from latentguard.server.offline.calibrate import PROMPTS_DIR, calibrate_deployment, read_prompts
+    from latentguard.server.pipelines.deployments import load_deployment
 
     try:
         settings = Settings.load(config)
@@ -265,11 +265,11 @@ def ab(
     _quiet_libraries()
     from pydantic import ValidationError
 
-    from latentguard.server import ab as abmod
-    from latentguard.server import ab_report
-    from latentguard.server.calibrate import PROMPTS_DIR, read_prompts
     from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
+    from latentguard.server.offline import ab as abmod
+    from latentguard.server.offline import ab_report
+    from latentguard.server.offline.calibrate import PROMPTS_DIR, read_prompts
 
     try:
         gates = abmod.Gates(
@@ -284,7 +284,7 @@ def ab(
             raise ValueError("--seeds must be at least 1")
         prompt_list = read_prompts(prompts) if prompts else read_prompts(PROMPTS_DIR / "evaluation.txt")[:8]
         if candidate_drill:
-            from latentguard.server.requests import parse_drill
+            from latentguard.server.pipelines.requests import parse_drill
 
             parse_drill(candidate_drill)
         source: abmod.Source = (

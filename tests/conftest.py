@@ -20,7 +20,7 @@ def deployments(settings):
     """The built-in deployments, loaded once, with their shipped profiles."""
     from diffusers.utils import logging as dlog
 
-    from latentguard.server.deployments import load_deployment
+    from latentguard.server.pipelines.deployments import load_deployment
 
     dlog.set_verbosity_error()
     logging.getLogger("latentguard").setLevel(logging.ERROR)

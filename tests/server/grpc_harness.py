@@ -6,8 +6,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from latentguard.server.background import BackgroundServer as ServerThread
 from latentguard.server.config import Settings, builtin_deployments
+from latentguard.server.harness.background import BackgroundServer as ServerThread
 
 __all__ = ["ServerThread", "make_settings", "samples", "scrape", "value"]
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from latentguard.server import ab
 from latentguard.server.cli import app
 from latentguard.server.config import Settings
+from latentguard.server.offline import ab
 
 from .grpc_harness import ServerThread, make_settings
 

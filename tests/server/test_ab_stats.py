@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from latentguard.server import ab_stats
+from latentguard.server.offline import ab_stats
 
 DELTAS = [0.8, -0.1, 1.3, 0.4, 0.0, 2.2, 0.9, -0.3, 1.1, 0.6]
 

@@ -95,8 +95,8 @@ def test_calibrate_writes_a_profile_that_loads(tmp_path):
 
 
 def test_generate_against_a_running_server(tmp_path):
-    from latentguard.server.background import BackgroundServer
     from latentguard.server.config import Settings
+    from latentguard.server.harness.background import BackgroundServer
 
     srv = BackgroundServer(Settings(host="127.0.0.1", port=0, metrics_port=0)).start()
     try:

@@ -10,8 +10,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from latentguard.server.client import InspectCallback, channel, tensor_frame
-from latentguard.server.runner import initial_noise
+from latentguard.server.pipelines.runner import initial_noise
+from latentguard.server.rpc.client import InspectCallback, channel, tensor_frame
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -186,8 +186,8 @@ def test_inspect_sidecar_matches_the_in_process_guard(server, deployments):
     )
     assert [v.step for v in cb.verdicts] == list(range(12)) and {v.verdict for v in cb.verdicts} == {"pass"}
     assert cb.report is not None and cb.report.steps_run == 12 and cb.report.verdict == "pass"
-    from latentguard.server.requests import GenerateRequest, resolve
-    from latentguard.server.runner import PipelineRunner
+    from latentguard.server.pipelines.requests import GenerateRequest, resolve
+    from latentguard.server.pipelines.runner import PipelineRunner
 
     local = PipelineRunner(dep).generate(
         resolve(GenerateRequest("tiny-sd3", "a red fox", seed=21), dep, _limits()), decode=False

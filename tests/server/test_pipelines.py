@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from latentguard.server.config import DeploymentConfig
-from latentguard.server.deployments import builtin_profile_path, load_deployment
 from latentguard.server.errors import ModelLoadError
-from latentguard.server.requests import GenerateRequest, resolve
-from latentguard.server.runner import PipelineRunner
+from latentguard.server.pipelines.deployments import builtin_profile_path, load_deployment
+from latentguard.server.pipelines.requests import GenerateRequest, resolve
+from latentguard.server.pipelines.runner import PipelineRunner
 
 
 def run(dep, settings, **kw):

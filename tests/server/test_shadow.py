@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from latentguard.server.client import channel
 from latentguard.server.config import ShadowConfig
+from latentguard.server.rpc.client import channel
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 

@@ -14,8 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from latentguard.server.client import channel
-from latentguard.server.process import ServeProcess
+from latentguard.server.harness.process import ServeProcess
+from latentguard.server.rpc.client import channel
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -62,8 +62,10 @@ def start_requests(server: ServeProcess, deployments: list[str]) -> tuple[list[t
     for t in threads:
         t.start()
     wait_until(
-        lambda: admitted(server, "tiny-sd3") == deployments.count("tiny-sd3")
-        and admitted(server, "tiny-flux") == deployments.count("tiny-flux"),
+        lambda: (
+            admitted(server, "tiny-sd3") == deployments.count("tiny-sd3")
+            and admitted(server, "tiny-flux") == deployments.count("tiny-flux")
+        ),
         "all requests admitted",
     )
     return threads, results

@@ -3,7 +3,7 @@
 import pytest
 
 from latentguard.server.errors import InvalidArgument
-from latentguard.server.requests import GenerateRequest, resolve
+from latentguard.server.pipelines.requests import GenerateRequest, resolve
 
 
 @pytest.mark.parametrize(

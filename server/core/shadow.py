@@ -26,12 +26,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from latentguard.server.ab_stats import relative_l2
 from latentguard.server.config import ShadowConfig
 from latentguard.server.metrics import Metrics
-from latentguard.server.requests import ResolvedRequest
-from latentguard.server.runner import PipelineRunner
-from latentguard.server.trajectory_record import RecordedTrajectory
+from latentguard.server.offline.ab_stats import relative_l2
+from latentguard.server.pipelines.requests import ResolvedRequest
+from latentguard.server.pipelines.runner import PipelineRunner
+from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 0.05  # seconds

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from latentguard.server import ab_stats
-from latentguard.server.trajectory_record import RecordedTrajectory
+from latentguard.server.offline import ab_stats
+from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
 
 
 @dataclass
@@ -74,7 +74,7 @@ class InProcessSource:
     """Loads the two deployments in this process (sharing encoders and VAE, as `serve` does)."""
 
     def __init__(self, settings):
-        from latentguard.server.deployments import load_deployment
+        from latentguard.server.pipelines.deployments import load_deployment
 
         self.settings = settings
         self._load = load_deployment
@@ -95,8 +95,8 @@ class InProcessSource:
         return VariantInfo(deployment, dep.config.variant, dep.weight_bytes / 2**20)
 
     def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
-        from latentguard.server.requests import GenerateRequest, resolve
-        from latentguard.server.runner import PipelineRunner
+        from latentguard.server.pipelines.requests import GenerateRequest, resolve
+        from latentguard.server.pipelines.runner import PipelineRunner
 
         dep = self._dep(deployment)
         req = resolve(
@@ -127,7 +127,7 @@ class GrpcSource:
     """Against a running `latentguard serve`: Generate with return_trajectory=True."""
 
     def __init__(self, target: str, timeout: float = 600):
-        from latentguard.server.client import channel
+        from latentguard.server.rpc.client import channel
         from latentguard.v1 import guardrail_pb2 as pb
         from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -149,7 +149,7 @@ class GrpcSource:
         )
 
     def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
-        from latentguard.server.convert import trajectory_from_proto
+        from latentguard.server.rpc.convert import trajectory_from_proto
 
         req = self.pb.GenerateRequest(
             deployment=deployment, prompt=prompt, seed=seed, drill=drill, return_trajectory=True

@@ -22,8 +22,13 @@ from latentguard.detectors import (
 )
 from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
-from latentguard.server.families import FAMILIES, FamilyOps, Pipeline
-from latentguard.server.quantization import QUANTIZED, compute_dtype, quantize_transformer, weight_bytes
+from latentguard.server.pipelines.families import FAMILIES, FamilyOps, Pipeline
+from latentguard.server.pipelines.quantization import (
+    QUANTIZED,
+    compute_dtype,
+    quantize_transformer,
+    weight_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ def _builtin_family(config: DeploymentConfig) -> str:
 def _load_base(config: DeploymentConfig, device: str, dtype: torch.dtype) -> Pipeline:
     family = FAMILIES[config.family]
     if config.model in BUILTIN_MODELS:
-        from latentguard.server import tiny
+        from latentguard.server.pipelines import tiny
 
         pipe = tiny.tiny_sd3() if _builtin_family(config) == "sd3" else tiny.tiny_flux()
         pipe = pipe.to(device)

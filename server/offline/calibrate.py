@@ -9,8 +9,8 @@ from pathlib import Path
 from latentguard.detectors import CalibrationProfile, Detector, Drill, RequestGuard, calibrate_detectors
 from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import TrajectoryStats
-from latentguard.server.deployments import Deployment
-from latentguard.server.runner import PipelineRunner
+from latentguard.server.pipelines.deployments import Deployment
+from latentguard.server.pipelines.runner import PipelineRunner
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 Progress = Callable[[int], None]  # called with the number of runs just finished

@@ -12,7 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from latentguard.server.client import channel
+from latentguard.server.rpc.client import channel
 
 
 def free_port() -> int:

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from latentguard.detectors import Report
-from latentguard.server import tensors
-from latentguard.server.deployments import Deployment
-from latentguard.server.requests import GenerateRequest
-from latentguard.server.runner import GenerateResult
-from latentguard.server.trajectory_record import RecordedTrajectory
+from latentguard.server.pipelines.deployments import Deployment
+from latentguard.server.pipelines.requests import GenerateRequest
+from latentguard.server.pipelines.runner import GenerateResult
+from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
+from latentguard.server.rpc import tensors
 from latentguard.v1 import guardrail_pb2 as pb
 
 

@@ -18,9 +18,14 @@ from PIL import Image
 from latentguard.detectors import Detector, Drill, Report, RequestGuard, Timings, x0_to_latent_delta
 from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import Backend
-from latentguard.server.deployments import Deployment
-from latentguard.server.requests import ResolvedRequest
-from latentguard.server.trajectory_record import RecordedTrajectory, StepHook, TrajectoryRecorder, chain
+from latentguard.server.pipelines.deployments import Deployment
+from latentguard.server.pipelines.requests import ResolvedRequest
+from latentguard.server.pipelines.trajectory_record import (
+    RecordedTrajectory,
+    StepHook,
+    TrajectoryRecorder,
+    chain,
+)
 
 
 @dataclass

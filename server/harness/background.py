@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from latentguard.server.config import Settings
-from latentguard.server.grpc_server import Server
+from latentguard.server.rpc.server import Server
 
 T = TypeVar("T")
 

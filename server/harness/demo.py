@@ -1,7 +1,7 @@
 """The quick-start demo: a real `latentguard serve` on loopback, a batch of requests over gRPC
 (benign and every drill kind), the verdicts, and the artifact rates read back from /metrics.
 
-    python -m latentguard.server.demo [--requests 8]
+    python -m latentguard.server.harness.demo [--requests 8]
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from latentguard.server.client import channel
-from latentguard.server.process import ServeProcess
+from latentguard.server.harness.process import ServeProcess
+from latentguard.server.rpc.client import channel
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 

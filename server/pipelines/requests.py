@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from latentguard.detectors import Drill, DrillSpecError
 from latentguard.server.config import Limits
-from latentguard.server.deployments import Deployment
 from latentguard.server.errors import InvalidArgument
+from latentguard.server.pipelines.deployments import Deployment
 
 MAX_SEED = 2**63 - 1
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from latentguard.server.ab import AbReport, Pair
+from latentguard.server.offline.ab import AbReport, Pair
 
 
 def _fmt(x: Any, digits: int = 4) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import torch
 
-from latentguard.server import tensors
+from latentguard.server.rpc import tensors
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 

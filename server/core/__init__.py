@@ -1,0 +1,3 @@
+"""The transport-free service: deployments' workers and admission, cancellation, Inspect sessions,
+shadow mirroring. Testable without gRPC.
+"""

@@ -1,0 +1,101 @@
+"""The thin servicer: protobuf <-> plain types, then await the core `GuardrailService`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from latentguard.detectors import RequestGuard
+from latentguard.server.core.service import Cancellation, GuardrailService, InspectSession
+from latentguard.server.errors import InvalidArgument, Unavailable
+from latentguard.server.rpc import convert, tensors
+from latentguard.v1 import guardrail_pb2 as pb
+from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+
+def _cancellation(context: grpc.aio.ServicerContext) -> Cancellation:
+    remaining = context.time_remaining()
+    return Cancellation(timeout=remaining)
+
+
+class GuardrailServicer(pb_grpc.GuardrailServicer):
+    def __init__(self, service: GuardrailService):
+        self.service = service
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        result = await self.service.generate(
+            convert.request_from_proto(request), _cancellation(context), decode=not request.skip_image
+        )
+        return convert.response_to_proto(result)
+
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateEvent]:
+        cancel = _cancellation(context)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[pb.GenerateEvent] = asyncio.Queue()
+
+        def on_step(step: int, guard: RequestGuard) -> None:  # runs on the worker thread
+            scores = {n: float(v[step][0]) for n, v in guard.scores.items() if v[step].isfinite().all()}
+            flagged = [n for n, fs in guard.first_step.items() if 0 <= int(fs[0]) <= step]
+            event = pb.GenerateEvent(
+                step=pb.StepEvent(
+                    step=step, total_steps=len(guard.sigmas) - 1, scores=scores, flagged=flagged
+                )
+            )
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        task = asyncio.ensure_future(
+            self.service.generate(
+                convert.request_from_proto(request), cancel, on_step=on_step, decode=not request.skip_image
+            )
+        )
+        try:
+            while not task.done() or not events.empty():
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            result = task.result()
+        except asyncio.CancelledError:
+            task.cancel()  # the core service stops denoising at the next step and records the cancel
+            raise
+        yield pb.GenerateEvent(result=convert.response_to_proto(result))
+
+    async def Inspect(
+        self, request_iterator: AsyncIterator[pb.InspectFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InspectVerdict]:
+        session: InspectSession | None = None
+        with self.service.inspect_admission():
+            async for frame in request_iterator:
+                latents = tensors.decode(frame.latents, frame.dtype, list(frame.shape))
+                if session is None:
+                    if frame.step != -1:
+                        raise InvalidArgument(
+                            "the first Inspect frame must be the initial noise, with step = -1"
+                        )
+                    session = await self.service.open_session(frame.deployment, list(frame.sigmas), latents)
+                    continue
+                verdict, flagged, scores = await self.service.inspect_step(session, frame.step, latents)
+                yield pb.InspectVerdict(step=frame.step, verdict=verdict, flagged=flagged, scores=scores)
+            if session is None:
+                raise InvalidArgument("Inspect stream closed before its first frame")
+            report = self.service.finish_session(session)
+            yield pb.InspectVerdict(
+                step=report.steps_run - 1, verdict=report.verdict, report=convert.report_to_proto(report)
+            )
+
+    async def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeploymentsResponse:
+        if self.service.state == "warming":
+            raise Unavailable("latentguard is warming up")
+        return pb.ListDeploymentsResponse(
+            deployments=[convert.deployment_to_proto(d) for d in self.service.deployments()]
+        )
