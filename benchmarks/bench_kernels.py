@@ -3,7 +3,7 @@
     python benchmarks/bench_kernels.py [--quick]
 
 CPU (always), per latent shape 1 x 16 x H x W:
-    naive     per-channel op-by-op eager baseline (kernels/naive.py in float32)
+    naive     per-channel op-by-op eager baseline (kernels/oracle.py in float32)
     fast      the torch path `backend="reference"` (what runs off-GPU)
     rfft2     torch.fft.rfft2 of the same planes alone: the floor the fast path is measured against
 GPU (only when CUDA is present; runs unchanged there), per batch and input dtype, CUDA events:
@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore")
 from run_record import append_row  # noqa: E402
 
 from latentguard.kernels import pack_int4, trajectory_stats  # noqa: E402
-from latentguard.kernels.naive import trajectory_stats_naive  # noqa: E402
+from latentguard.kernels.oracle import trajectory_stats_oracle  # noqa: E402
 
 HERE = Path(__file__).parent
 SIZES = [64, 128]
@@ -55,7 +55,7 @@ def bench_cpu(quick: bool) -> dict[str, float]:
     for n in SIZES:
         x = torch.randn(1, 16, n, n, generator=torch.Generator().manual_seed(n))
         planes = x.reshape(16, n, n)
-        naive = cpu_ms(lambda: trajectory_stats_naive(x, torch.float32), repeats, 2)  # noqa: B023
+        naive = cpu_ms(lambda: trajectory_stats_oracle(x, torch.float32), repeats, 2)  # noqa: B023
         fast = cpu_ms(lambda: trajectory_stats(x, backend="reference"), repeats, 50)  # noqa: B023
         floor = cpu_ms(lambda: torch.fft.rfft2(planes), repeats, 50)  # noqa: B023
         key = f"cpu_16x{n}x{n}"

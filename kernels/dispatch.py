@@ -1,18 +1,29 @@
-"""The one place where a backend for `trajectory_stats` is chosen."""
+"""The one place where a backend for `trajectory_stats` is chosen.
+
+Backends: "triton" (the fused kernel, triton_stats.py) and "reference" (the fast torch path,
+torch_stats.py; the name is the design contract's). "auto" picks Triton for CUDA tensors and the
+torch path for everything else. Where "auto" would have picked Triton but cannot (a CUDA tensor
+without triton installed), it falls back to the torch path: said once in the log per reason, and
+listed by `fallbacks()` (the server exports it as a gauge). An explicitly requested backend that
+cannot run fails loudly instead.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import Literal
 
 import torch
 
 from latentguard.kernels.packing import PackedInt4
-from latentguard.kernels.reference import trajectory_stats_reference
-from latentguard.kernels.stats import TrajectoryStats
+from latentguard.kernels.stats import TrajectoryStats, check_shape
+from latentguard.kernels.torch_stats import trajectory_stats_torch
 
 Backend = Literal["auto", "triton", "reference"]
+log = logging.getLogger(__name__)
+_FALLBACKS: dict[str, str] = {}  # reason -> the backend used instead; grows once per reason
 
 
 class BackendUnavailableError(RuntimeError):
@@ -32,6 +43,18 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
 
 
+def fallbacks() -> dict[str, str]:
+    """Why 'auto' ran another backend than the one it wanted (reason -> backend used), so far."""
+    return dict(_FALLBACKS)
+
+
+def _fall_back(reason: str) -> Literal["reference"]:
+    if reason not in _FALLBACKS:
+        _FALLBACKS[reason] = "reference"
+        log.warning("trajectory_stats: %s; using the torch path (backend 'reference') instead", reason)
+    return "reference"
+
+
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["triton", "reference"]:
     if backend == "reference":
         return "reference"
@@ -44,18 +67,21 @@ def resolve_backend(backend: Backend, device: torch.device) -> Literal["triton",
         return "triton"
     if backend != "auto":
         raise ValueError(f"unknown backend {backend!r}; expected 'auto', 'triton' or 'reference'")
-    # the interpreter is for tests: 'auto' never picks it for CPU tensors
-    return "triton" if device.type == "cuda" and triton_available(device) else "reference"
+    if device.type != "cuda":  # the designed path off-GPU (the interpreter is for tests only)
+        return "reference"
+    if not triton_available(device):
+        return _fall_back("triton is not installed for CUDA tensors")
+    return "triton"
 
 
 def trajectory_stats(latents: torch.Tensor | PackedInt4, backend: Backend = "auto") -> TrajectoryStats:
     """Per-(batch, channel) statistics of a [B, C, H, W] tensor (or PackedInt4) in one pass.
 
-    See TrajectoryStats for the fields. 'auto' runs the fused Triton kernel on CUDA and the fast
-    torch path elsewhere; both follow the definitions in naive.py.
+    See TrajectoryStats for the fields. Every backend follows the definitions in oracle.py.
     """
+    check_shape(tuple(latents.shape))
     if resolve_backend(backend, latents.device) == "triton":
         from latentguard.kernels.triton_stats import trajectory_stats_triton  # imports triton
 
         return trajectory_stats_triton(latents)
-    return trajectory_stats_reference(latents)
+    return trajectory_stats_torch(latents)

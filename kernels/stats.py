@@ -11,6 +11,14 @@ HF_CUTOFF = 0.25
 #: Number of uniform radial bins between 0 and the corner frequency sqrt(0.5).
 RADIAL_BINS = 8
 _HF_DEN = round(1 / HF_CUTOFF)
+#: log(P + EPS_REL * mean(P) + EPS_ABS): keeps the log spectrum finite for empty bins (every backend).
+EPS_REL = 1e-10
+EPS_ABS = 1e-30
+
+
+def check_shape(shape: tuple[int, ...]) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(shape)}")
 
 
 def radial_bands(ky: torch.Tensor, kx: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

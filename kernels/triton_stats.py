@@ -10,7 +10,7 @@ Math (per plane X of H x W, padded to BH x BW = next powers of two >= 16, masked
          tridiagonal ones matrix, i.e. two more products;  R = L - box / 9
     sr = max R / 2 over r >= HF_CUTOFF (argmax gives sr_freq)
 Everything after the load stays in registers/shared memory; only 6 + RADIAL_BINS floats per plane
-go back to global memory. The definitions follow `naive.py` (Hou & Zhang 2007 for the residual).
+go back to global memory. The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual).
 
 Inputs are read natively: fp32, fp16, bf16, float8_e4m3fn, float8_e5m2 are loaded as stored and
 converted in registers (FP8 NaN/Inf are found from the bit pattern, which does not depend on how a
@@ -40,9 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from latentguard.kernels.naive import EPS_ABS, EPS_REL
 from latentguard.kernels.packing import PackedInt4
-from latentguard.kernels.stats import HF_CUTOFF, RADIAL_BINS, TrajectoryStats
+from latentguard.kernels.stats import EPS_ABS, EPS_REL, HF_CUTOFF, RADIAL_BINS, TrajectoryStats
 
 _OUT = 6 + RADIAL_BINS  # mean, var, hf, sr_peak, sr_freq, nonfinite, profile[RADIAL_BINS]
 _FP8_KIND = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
@@ -186,8 +185,6 @@ def trajectory_stats_triton(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         data, scales = x.data.contiguous(), x.scales.contiguous()
         plane_stride, scale_stride, group = data.shape[-1], scales.shape[-1], x.group_size
     else:
-        if x.ndim != 4:
-            raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(x.shape)}")
         if x.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"Triton trajectory_stats reads {SUPPORTED_DTYPES}, got {x.dtype}")
         b, c, h, w = x.shape

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from latentguard.kernels import PackedInt4, pack_int4, trajectory_stats, unpack_int4
-from latentguard.kernels.naive import trajectory_stats_naive
+from latentguard.kernels.oracle import trajectory_stats_oracle
 
 pytest.importorskip("triton")
 
@@ -56,7 +56,7 @@ def sqnr_db(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_kernel_matches_oracle_on_the_values_it_reads(name, shape):
     q = quantise(latent_like(shape, seed=sum(shape)), name)
     got = trajectory_stats(q, backend="triton")
-    want = trajectory_stats_naive(values(q))
+    want = trajectory_stats_oracle(values(q))
     for field in FIELDS:
         actual = getattr(got, field).cpu().double()
         tol = 5e-4 if field == "sr_peak" else 2e-5  # sr_peak: log of small spectral bins
@@ -79,7 +79,7 @@ SQNR_FLOOR = {
 def test_quantised_storage_costs_at_most_its_measured_noise(name):
     x = latent_like((2, 16, 64, 64), seed=0)
     q = quantise(x, name)
-    got, exact = trajectory_stats(q, backend="triton"), trajectory_stats_naive(x)
+    got, exact = trajectory_stats(q, backend="triton"), trajectory_stats_oracle(x)
     floor_input, floor_stats, floor_peak = SQNR_FLOOR[name]
     assert sqnr_db(values(q), x) >= floor_input
     for field in ["mean", "var", "hf_ratio", "radial_profile"]:
@@ -98,7 +98,7 @@ def test_non_finite_values_are_counted_and_ignored(name):
     # float8_e4m3fn has no Inf: torch saturates Inf to +-448 when casting, so only the NaN survives
     expected = [[0, 1, 0], [0, 0, 0]] if name == "fp8_e4m3" else [[0, 1, 0], [0, 0, 2]]
     assert got.nonfinite.cpu().tolist() == expected
-    want = trajectory_stats_naive(values(q))
+    want = trajectory_stats_oracle(values(q))
     assert want.nonfinite.tolist() == expected
     for field in FIELDS:
         value = getattr(got, field).cpu().double()
@@ -127,6 +127,6 @@ def test_auto_picks_the_compiled_kernel_on_cuda():
 
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
     x = latent_like((4, 16, 128, 128), seed=7).to("cuda", torch.bfloat16)
-    got, want = trajectory_stats(x), trajectory_stats_naive(x.float().cpu())
+    got, want = trajectory_stats(x), trajectory_stats_oracle(x.float().cpu())
     torch.testing.assert_close(got.var.cpu().double(), want.var, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got.sr_peak.cpu().double(), want.sr_peak, rtol=2e-3, atol=2e-3)

@@ -1,4 +1,5 @@
-"""Fast torch path of `trajectory_stats`: the runtime backend off-GPU.
+"""Fast torch path of `trajectory_stats`: the runtime backend off-GPU (backend name "reference", the
+name the design contract gives it; the float64 oracle the tests compare against is oracle.py).
 
 For x of shape [B, C, H, W] (any float dtype, or a PackedInt4; upcast to fp32 once):
 
@@ -17,7 +18,7 @@ symmetry |F[k, -j]| = |F[-k, j]|, so those columns are the neighbours mirrored i
 with a precomputed index builds the extended [H+2, Wr+2] plane; the box is then two separable sums.
 
 Everything is batched over B x C: one rfft2, one small matmul for all band sums, no Python loop
-over channels, in-place epilogue. `naive.py` has the same statistics computed the plain way.
+over channels, in-place epilogue. `oracle.py` has the same statistics computed the plain way.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import functools
 
 import torch
 
-from latentguard.kernels.naive import EPS_ABS, EPS_REL
 from latentguard.kernels.packing import PackedInt4, unpack_int4
-from latentguard.kernels.stats import RADIAL_BINS, TrajectoryStats, radial_bands
+from latentguard.kernels.stats import EPS_ABS, EPS_REL, RADIAL_BINS, TrajectoryStats, radial_bands
 
 
 @functools.lru_cache(maxsize=32)
@@ -72,11 +72,10 @@ def spectrum_geometry(
     )
 
 
-def trajectory_stats_reference(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
+def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
+    """[B, C, H, W] (checked by the dispatcher) or PackedInt4."""
     if isinstance(x, PackedInt4):
         x = unpack_int4(x)
-    if x.ndim != 4:
-        raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
     n, wr = b * c, w // 2 + 1
     xf = x.float().reshape(n, h, w)

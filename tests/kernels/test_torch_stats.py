@@ -1,4 +1,4 @@
-"""The fast torch path of trajectory_stats against the plain float64 full-spectrum oracle (naive.py)."""
+"""The fast torch path of trajectory_stats against the plain float64 full-spectrum oracle (oracle.py)."""
 
 import math
 
@@ -13,11 +13,11 @@ from latentguard.kernels import (
     trajectory_stats,
     unpack_int4,
 )
-from latentguard.kernels.naive import trajectory_stats_naive
+from latentguard.kernels.oracle import trajectory_stats_oracle
 
 
 def oracle(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    return trajectory_stats_naive(x.double()).as_dict()
+    return trajectory_stats_oracle(x.double()).as_dict()
 
 
 SHAPES = [(1, 16, 32, 32), (2, 16, 64, 64), (3, 5, 17, 23), (1, 4, 31, 8), (2, 3, 13, 13), (1, 2, 6, 7)]
@@ -93,3 +93,17 @@ def test_backend_choice_is_explicit(monkeypatch):
         trajectory_stats(x, backend="cuda")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         trajectory_stats(torch.randn(8, 8))
+
+
+def test_auto_falls_back_to_the_torch_path_once_and_says_so(monkeypatch, caplog):
+    from latentguard.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_triton_installed", lambda: False)
+    monkeypatch.setattr(dispatch, "_FALLBACKS", {})
+    cuda = torch.device("cuda")
+    with caplog.at_level("WARNING", logger="latentguard.kernels.dispatch"):
+        assert [resolve_backend("auto", cuda) for _ in range(3)] == ["reference"] * 3
+    assert len(caplog.records) == 1 and "triton is not installed" in caplog.records[0].getMessage()
+    assert dispatch.fallbacks() == {"triton is not installed for CUDA tensors": "reference"}
+    assert resolve_backend("auto", torch.device("cpu")) == "reference"  # the designed path, not a fallback
+    assert len(dispatch.fallbacks()) == 1

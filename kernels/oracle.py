@@ -11,10 +11,14 @@ import math
 
 import torch
 
-from latentguard.kernels.stats import RADIAL_BINS, TrajectoryStats, radial_bands
-
-EPS_REL = 1e-10
-EPS_ABS = 1e-30
+from latentguard.kernels.stats import (
+    EPS_ABS,
+    EPS_REL,
+    RADIAL_BINS,
+    TrajectoryStats,
+    check_shape,
+    radial_bands,
+)
 
 
 def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
@@ -49,10 +53,9 @@ def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
-def trajectory_stats_naive(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> TrajectoryStats:
+def trajectory_stats_oracle(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> TrajectoryStats:
     """Per-plane loop over a [B, C, H, W] tensor, computed in `dtype`."""
-    if x.ndim != 4:
-        raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(x.shape)}")
+    check_shape(tuple(x.shape))
     b, c = x.shape[:2]
     planes = [_plane_stats(x[i, j].to(dtype)) for i in range(b) for j in range(c)]
     fields = [torch.stack([p[k] for p in planes]) for k in range(7)]
