@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
+from latentguard.detectors.results import DetectorResult
 from latentguard.kernels import TrajectoryStats
 
 _MIN_SCALE = 1e-6
@@ -36,15 +36,6 @@ class NotFittedError(RuntimeError):
 
 class CalibrationError(ValueError):
     """Calibration data cannot support the requested false-positive rate."""
-
-
-@dataclass(frozen=True)
-class DetectorResult:
-    name: str
-    score: float
-    threshold: float
-    flagged: bool
-    first_step: int  # -1 when never flagged
 
 
 def interp_sigma(table: torch.Tensor, grid: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -150,7 +141,8 @@ class Detector(ABC):
     def predict(self, series: TrajectoryStats, sigmas: list[float]) -> list[DetectorResult]:
         if self.threshold is None:
             raise NotFittedError(f"{self.name}: call calibrate() or load_state_dict() first")
-        return results_from_scores(self.name, self.trajectory_scores(series, sigmas), self.threshold)
+        scores = self.trajectory_scores(series, sigmas)
+        return [DetectorResult.from_scores(self.name, row, self.threshold) for row in scores]
 
     # --- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -178,20 +170,3 @@ class Detector(ABC):
         self._step_envelopes.clear()
         self.threshold = float(state["threshold"])
         return self
-
-
-def results_from_scores(name: str, scores: torch.Tensor, threshold: float) -> list[DetectorResult]:
-    """One DetectorResult per row of per-step scores [N, S]."""
-    results = []
-    for row in scores:
-        over = (row > threshold).nonzero()
-        results.append(
-            DetectorResult(
-                name=name,
-                score=float(row.max()) if row.numel() else float("-inf"),
-                threshold=threshold,
-                flagged=bool(over.numel()),
-                first_step=int(over[0]) if over.numel() else -1,
-            )
-        )
-    return results

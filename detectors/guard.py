@@ -1,7 +1,8 @@
-"""RequestGuard: the per-request loop body. Each step: monitor -> every detector -> policy.
+"""RequestGuard: the per-request loop body. Each step: monitor -> every detector -> policy -> verdict.
 
-It works on batches (B >= 1); an abort stops the whole pipeline call, so the service runs one
-request per call and batch evaluation runs with annotate-only policies.
+It works on batches (B >= 1) and keeps every verdict per element: an element aborts when a detector
+with the abort policy flags it. `check` returns one `StepVerdict` per element; that is the only
+per-step answer (stream events, Inspect verdicts and the runner's interrupt all read it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from latentguard.detectors.base import Detector
 from latentguard.detectors.policy import Action, DetectorPolicy, OnError
-from latentguard.detectors.report import DetectorReport, StepReport, Verdict
+from latentguard.detectors.results import DetectorResult, StepReport, StepVerdict, Verdict
 from latentguard.detectors.trajectory import TrajectoryMonitor
 from latentguard.kernels import Backend
 
@@ -38,15 +39,19 @@ class RequestGuard:
         self.batch = b
         self.scores: dict[str, list[torch.Tensor]] = {name: [] for name in detectors}
         self.first_step = {name: torch.full((b,), -1, dtype=torch.long) for name in detectors}
+        self.aborted_at = torch.full((b,), -1, dtype=torch.long)
         self.errors: dict[str, str] = {}
-        self.aborted_at: int = -1
         self.step_seconds: list[float] = []
 
-    def check(self, step: int, latents: torch.Tensor) -> bool:
-        """Score the step that produced `latents`; True when the request must abort now."""
+    @property
+    def total_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def check(self, step: int, latents: torch.Tensor) -> list[StepVerdict]:
+        """Score the step that produced `latents`; one verdict per batch element."""
         start = time.perf_counter()
         stats = self.monitor.observe(step, latents)
-        abort = False
+        abort = torch.zeros(self.batch, dtype=torch.bool)
         for name, det in self.detectors.items():
             policy = self.policies[name]
             try:
@@ -63,14 +68,22 @@ class RequestGuard:
                 score = torch.full((self.batch,), math.inf if closed else math.nan, dtype=torch.float64)
                 flagged = torch.full((self.batch,), closed)
             self.scores[name].append(score)
-            newly = flagged & (self.first_step[name] < 0)
-            self.first_step[name][newly] = step
-            if bool(flagged.any()) and policy.action == Action.ABORT:
-                abort = True
-        if abort and self.aborted_at < 0:
-            self.aborted_at = step
+            self.first_step[name][flagged & (self.first_step[name] < 0)] = step
+            if policy.action == Action.ABORT:
+                abort |= flagged
+        self.aborted_at[abort & (self.aborted_at < 0)] = step
         self.step_seconds.append(time.perf_counter() - start)
-        return abort
+        return [self.step_verdict(i, step) for i in range(self.batch)]
+
+    def step_verdict(self, i: int, step: int) -> StepVerdict:
+        scores = {n: float(v[step][i]) for n, v in self.scores.items()}
+        return StepVerdict(
+            step=step,
+            total_steps=self.total_steps,
+            verdict=self.verdict(i),
+            scores={n: s for n, s in scores.items() if math.isfinite(s)},
+            flagged=tuple(n for n, fs in self.first_step.items() if 0 <= int(fs[i]) <= step),
+        )
 
     @property
     def seconds(self) -> float:
@@ -80,29 +93,23 @@ class RequestGuard:
     def steps_run(self) -> int:
         return self.monitor.steps_seen
 
+    def aborted_step(self, i: int) -> int:
+        return int(self.aborted_at[i])
+
     def score_matrix(self, name: str) -> torch.Tensor:
         """[B, steps_run] scores of one detector."""
         return torch.stack(self.scores[name], dim=1) if self.scores[name] else torch.empty(self.batch, 0)
 
-    def detector_reports(self, i: int) -> list[DetectorReport]:
-        out = []
-        for name, det in self.detectors.items():
-            row = self.score_matrix(name)[i]
-            finite = row[torch.isfinite(row)]  # a failed detector's steps carry no score
-            out.append(
-                DetectorReport(
-                    name=name,
-                    score=float(finite.max()) if finite.numel() else 0.0,
-                    threshold=float(det.threshold or 0.0),
-                    flagged=bool(self.first_step[name][i] >= 0),
-                    first_step=int(self.first_step[name][i]),
-                    error=self.errors.get(name, ""),
-                )
+    def detector_results(self, i: int) -> list[DetectorResult]:
+        return [
+            DetectorResult.from_scores(
+                name, self.score_matrix(name)[i], float(det.threshold or 0.0), self.errors.get(name, "")
             )
-        return out
+            for name, det in self.detectors.items()
+        ]
 
     def verdict(self, i: int) -> Verdict:
-        if self.aborted_at >= 0:
+        if self.aborted_at[i] >= 0:
             return "abort"
         return "flag" if any(bool(fs[i] >= 0) for fs in self.first_step.values()) else "pass"
 

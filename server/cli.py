@@ -38,17 +38,6 @@ def _progress() -> Progress:
     )
 
 
-def _deployment_config(settings, name: str):
-    from latentguard.server.errors import NotFound
-
-    for cfg in settings.deployments:
-        if cfg.name == name:
-            return cfg
-    raise NotFound(
-        f"unknown deployment {name!r}; configured: {', '.join(d.name for d in settings.deployments)}"
-    )
-
-
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(2)
@@ -74,44 +63,50 @@ def generate(
 ) -> None:
     """Generate one image with the guardrail watching every step; prints the verdict."""
     _quiet_libraries()
-    from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
-    from latentguard.server.pipelines.deployments import load_deployment
-    from latentguard.server.pipelines.requests import GenerateRequest, resolve
-    from latentguard.server.pipelines.runner import PipelineRunner
-    from latentguard.server.rpc.convert import png_bytes
+    from latentguard.server.pipelines.requests import GenerateRequest
 
     if local == (target is not None):
         _fail(ValueError("pass exactly one of --local (in process) or --target HOST:PORT (a running server)"))
+    req = GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill)
     try:
         if target is not None:
-            rep, image_png = _generate_remote(
-                target, GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill), timeout
-            )
-            result = None
+            rep, image_png = _generate_remote(target, req, timeout)
         else:
-            settings = Settings.load(config)
-            cfg = _deployment_config(settings, deployment)
-            req = GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill)
-            with console.status(f"loading {deployment}"):
-                dep = load_deployment(cfg, device=settings.device)
-            resolved = resolve(req, dep, settings.limits)
-            with _progress() as bar:
-                task = bar.add_task("denoising", total=resolved.steps)
-                result = PipelineRunner(dep, backend=settings.backend).generate(
-                    resolved, on_step=lambda i, g: bar.update(task, completed=i + 1)
-                )
+            rep, image_png = _generate_local(req, config)
     except (LatentguardError, ValueError, OSError) as exc:
         _fail(exc)
-    if result is not None:
-        rep = result.report
-        image_png = png_bytes(result.image)
     if out is not None and image_png:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(image_png)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(rep.to_json() + "\n")
+    _print_report(rep, out if image_png else None)
+
+
+def _generate_local(req, config: Path | None):
+    """The deployment loaded in this process, a progress bar fed by the guard's step verdicts."""
+    from latentguard.server.config import Settings
+    from latentguard.server.pipelines.deployments import load_deployment
+    from latentguard.server.pipelines.requests import resolve
+    from latentguard.server.pipelines.runner import PipelineRunner
+    from latentguard.server.rpc.convert import png_bytes
+
+    settings = Settings.load(config)
+    cfg = settings.deployment(req.deployment)
+    with console.status(f"loading {req.deployment}"):
+        dep = load_deployment(cfg, device=settings.device)
+    resolved = resolve(req, dep, settings.limits)
+    with _progress() as bar:
+        task = bar.add_task("denoising", total=resolved.steps)
+        result = PipelineRunner(dep, backend=settings.backend).generate(
+            resolved, on_step=lambda v: bar.update(task, completed=v.step + 1)
+        )
+    return result.report, png_bytes(result.image)
+
+
+def _print_report(rep, wrote: Path | None) -> None:
     table = Table("detector", "score", "threshold", "flagged", "first step")
     for d in rep.detectors:
         table.add_row(
@@ -119,11 +114,10 @@ def generate(
         )
     console.print(table)
     colour = {"pass": "green", "flag": "yellow", "abort": "red"}[rep.verdict]
-    wrote = f" -> {out}" if out is not None and image_png else ""
     console.print(
         f"verdict [{colour}]{rep.verdict}[/{colour}]  steps {rep.steps_run}/{rep.steps_requested}  "
         f"guard {rep.timings.guard_seconds_per_step * 1e3:.2f} ms/step  "
-        f"total {rep.timings.total_seconds:.2f} s{wrote}"
+        f"total {rep.timings.total_seconds:.2f} s" + (f" -> {wrote}" if wrote else "")
     )
 
 
@@ -131,21 +125,12 @@ def _generate_remote(target: str, req, timeout: float):
     """GenerateStream against a running server, with a progress bar fed by its step events."""
     import grpc
 
-    from latentguard.detectors import Report
     from latentguard.server.rpc.client import channel
-    from latentguard.v1 import guardrail_pb2 as pb
+    from latentguard.server.rpc.convert import report_from_proto, request_to_proto
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
     stub = pb_grpc.GuardrailStub(channel(target))
-    msg = pb.GenerateRequest(
-        deployment=req.deployment,
-        prompt=req.prompt,
-        seed=req.seed,
-        steps=req.steps,
-        width=req.width,
-        height=req.height,
-        drill=req.drill,
-    )
+    msg = request_to_proto(req)
     try:
         with _progress() as bar:
             task = bar.add_task(f"denoising on {target}", total=None)
@@ -156,13 +141,7 @@ def _generate_remote(target: str, req, timeout: float):
                     result = event.result
     except grpc.RpcError as exc:
         raise ValueError(f"{exc.code().name}: {exc.details()}") from None
-    return Report.from_dict(_message_dict(result.report)), result.image_png
-
-
-def _message_dict(msg) -> dict:
-    from google.protobuf.json_format import MessageToDict
-
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return report_from_proto(result.report), result.image_png
 
 
 @app.command()
@@ -206,13 +185,13 @@ def calibrate(
     _quiet_libraries()
     from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
-    from latentguard.server.offline.calibrate import PROMPTS_DIR, calibrate_deployment, read_prompts
+    from latentguard.server.offline.calibrate import calibrate_deployment, default_prompts, read_prompts
     from latentguard.server.pipelines.deployments import load_deployment
 
     try:
         settings = Settings.load(config)
-        cfg = _deployment_config(settings, deployment)
-        prompt_list = read_prompts(prompts or PROMPTS_DIR / "calibration.txt")
+        cfg = settings.deployment(deployment)
+        prompt_list = read_prompts(prompts) if prompts else default_prompts("calibration")
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
         dep = load_deployment(cfg, device=settings.device, with_profile=False)
@@ -265,14 +244,11 @@ def ab(
     _quiet_libraries()
     from pydantic import ValidationError
 
-    from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
-    from latentguard.server.offline import ab as abmod
-    from latentguard.server.offline import ab_report
-    from latentguard.server.offline.calibrate import PROMPTS_DIR, read_prompts
+    from latentguard.server.offline.ab import Gates
 
     try:
-        gates = abmod.Gates(
+        gates = Gates(
             max_x0_divergence=max_x0_divergence,
             min_psnr_db=min_psnr,
             min_ssim=min_ssim,
@@ -280,24 +256,9 @@ def ab(
             max_score_shift=max_score_shift,
             alpha=alpha,
         )
-        if seeds < 1:
-            raise ValueError("--seeds must be at least 1")
-        prompt_list = read_prompts(prompts) if prompts else read_prompts(PROMPTS_DIR / "evaluation.txt")[:8]
-        if candidate_drill:
-            from latentguard.server.pipelines.requests import parse_drill
-
-            parse_drill(candidate_drill)
-        source: abmod.Source = (
-            abmod.GrpcSource(target) if target else abmod.InProcessSource(Settings.load(config))
+        report, written = _ab_run(
+            baseline, candidate, out, prompts, seeds, target, candidate_drill, config, gates
         )
-        infos = source.info(baseline), source.info(candidate)
-        with _progress() as bar:
-            task = bar.add_task(f"{candidate} vs {baseline}", total=2 * len(prompt_list) * seeds)
-            pairs = abmod.run_pairs(
-                source, baseline, candidate, prompt_list, seeds, candidate_drill, lambda: bar.advance(task)
-            )
-        report = abmod.compare(pairs, *infos, gates, drill=candidate_drill)
-        written = ab_report.write(report, pairs, out)
     except (LatentguardError, ValueError, ValidationError, OSError) as exc:
         _fail(exc)
     except Exception as exc:  # grpc.RpcError and friends: say what the server said
@@ -314,6 +275,29 @@ def ab(
     for path in written:
         console.print(f"wrote {path}")
     raise typer.Exit(0 if report.acceptable else 1)
+
+
+def _ab_run(baseline, candidate, out, prompts, seeds, target, candidate_drill, config, gates):
+    """Pairs from the source (in process or over gRPC), compared and written to `out`."""
+    from latentguard.server.config import Settings
+    from latentguard.server.offline import ab, ab_report
+    from latentguard.server.offline.ab_sources import GrpcSource, InProcessSource, Source
+    from latentguard.server.offline.calibrate import default_prompts, read_prompts
+    from latentguard.server.pipelines.requests import parse_drill
+
+    if seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    prompt_list = read_prompts(prompts) if prompts else default_prompts("evaluation")[:8]
+    parse_drill(candidate_drill)  # a malformed drill fails before any run
+    source: Source = GrpcSource(target) if target else InProcessSource(Settings.load(config))
+    infos = source.info(baseline), source.info(candidate)
+    with _progress() as bar:
+        task = bar.add_task(f"{candidate} vs {baseline}", total=2 * len(prompt_list) * seeds)
+        pairs = ab.run_pairs(
+            source, baseline, candidate, prompt_list, seeds, candidate_drill, lambda: bar.advance(task)
+        )
+    report = ab.compare(pairs, *infos, gates, drill=candidate_drill)
+    return report, ab_report.write(report, pairs, out)
 
 
 if __name__ == "__main__":

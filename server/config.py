@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from latentguard.detectors import DETECTOR_NAMES, Action, OnError
+from latentguard.server.errors import NotFound
 
 Family = Literal["sd3", "flux"]
 Variant = Literal["fp32", "bf16", "fp16", "fp8", "int4", "nf4"]
@@ -110,6 +111,13 @@ class Settings(BaseSettings):
                     f"shadow {s.baseline} -> {s.candidate}: both must be configured deployments, and differ"
                 )
         return self
+
+    def deployment(self, name: str) -> DeploymentConfig:
+        """The configured deployment of that name (NotFound otherwise)."""
+        for cfg in self.deployments:
+            if cfg.name == name:
+                return cfg
+        raise NotFound.deployment(name, [d.name for d in self.deployments])
 
     @classmethod
     def settings_customise_sources(

@@ -12,7 +12,10 @@ class InvalidArgument(LatentguardError):
 
 
 class NotFound(LatentguardError):
-    pass
+    @classmethod
+    def deployment(cls, name: str, known: list[str]) -> NotFound:
+        """The one message for an unknown deployment name, wherever it is looked up."""
+        return cls(f"unknown deployment {name!r}; serving: {', '.join(known) or 'none'}")
 
 
 class ResourceExhausted(LatentguardError):

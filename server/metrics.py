@@ -14,11 +14,13 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from latentguard.detectors import DETECTOR_NAMES, Report
+from latentguard.detectors import DETECTOR_NAMES
+from latentguard.kernels.dispatch import fallbacks as kernel_fallbacks
+from latentguard.server.report import Report
 
-Outcome = Literal["ok", "flagged", "aborted", "rejected", "error"]
-OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error")
-GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error")
+Outcome = Literal["ok", "flagged", "aborted", "rejected", "error", "cancelled"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error", "cancelled")
+GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error", "cancelled")
 SHADOW_OUTCOMES = ("compared", "skipped", "preempted", "error")
 
 
@@ -43,16 +45,24 @@ class Metrics:
     ):
         disable_created_metrics()  # *_created gauges only add series; process-wide, set once here
         self.registry = registry
+        self._define_contract(registry)
+        self._define_operations(registry)
+        self.labels = {d.deployment: d for d in deployments}
+        self._precreate(list(shadow_pairs))
+
+    def _define_contract(self, registry: CollectorRegistry) -> None:
+        """The metrics whose names and labels are contract (shared/DESIGN.md)."""
+        deployment_labels = ["deployment", "family", "variant"]
         self.requests = Counter(
             "latentguard_requests",
             "Generate/Inspect requests by outcome.",
-            ["deployment", "family", "variant", "outcome"],
+            [*deployment_labels, "outcome"],
             registry=registry,
         )
         self.artifacts = Counter(
             "latentguard_artifacts",
             "Requests flagged by each detector.",
-            ["deployment", "family", "variant", "detector"],
+            [*deployment_labels, "detector"],
             registry=registry,
         )
         self.detector_score = Histogram(
@@ -76,7 +86,9 @@ class Metrics:
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
-        # beyond the contract: what the alert rules, dashboards and autoscaler join on
+
+    def _define_operations(self, registry: CollectorRegistry) -> None:
+        """Beyond the contract: what the alert rules, dashboards and autoscaler join on."""
         self.detector_errors = Counter(
             "latentguard_detector_errors",
             "Requests in which a detector raised (handled by its fail_open / fail_closed policy).",
@@ -101,6 +113,12 @@ class Metrics:
             ["deployment", "family", "variant", "baseline"],
             registry=registry,
         )
+        self.kernel_fallbacks = Gauge(
+            "latentguard_kernel_fallbacks",
+            "Reasons trajectory_stats' 'auto' backend ran the torch path instead of Triton (0: none).",
+            registry=registry,
+        )
+        self.kernel_fallbacks.set_function(lambda: len(kernel_fallbacks()))
         self.shadow_runs = Counter(
             "latentguard_shadow_runs",
             "Requests mirrored to a candidate, by outcome (compared, skipped, preempted, error).",
@@ -114,24 +132,26 @@ class Metrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
+
+    def _precreate(self, shadow_pairs: list[tuple[str, str]]) -> None:
+        """Every child series at zero, so that rates and absent() work before the first request."""
         for baseline, candidate in shadow_pairs:
             self.shadow_divergence.labels(baseline, candidate)
             for outcome in SHADOW_OUTCOMES:
                 self.shadow_runs.labels(baseline, candidate, outcome)
-        self.labels = {d.deployment: d for d in deployments}
         for d in self.labels.values():
             self.info.labels(d.deployment, d.family, d.variant, d.baseline).set(1)
             self.admitted.labels(d.deployment)
             self.capacity.labels(d.deployment)
+            self.step_check.labels(d.deployment)
             for outcome in OUTCOMES:
                 self.requests.labels(d.deployment, d.family, d.variant, outcome)
+            for outcome in GENERATION_OUTCOMES:
+                self.generation.labels(d.deployment, outcome)
             for det in DETECTOR_NAMES:
                 self.artifacts.labels(d.deployment, d.family, d.variant, det)
                 self.detector_score.labels(d.deployment, det)
                 self.detector_errors.labels(d.deployment, det)
-            self.step_check.labels(d.deployment)
-            for outcome in GENERATION_OUTCOMES:
-                self.generation.labels(d.deployment, outcome)
 
     def observe(self, report: Report, seconds: float | None = None) -> None:
         """A finished request (Generate or Inspect session)."""
@@ -163,14 +183,11 @@ class Metrics:
     def shadow_outcome(self, baseline: str, candidate: str, outcome: str) -> None:
         self.shadow_runs.labels(baseline, candidate, outcome).inc()
 
-    def reject(self, deployment: str) -> None:
+    def count(self, deployment: str, outcome: Outcome, seconds: float | None = None) -> None:
+        """A request that ended without a verdict: rejected, error or cancelled."""
         d = self.labels.get(deployment)
-        if d is not None:  # unknown deployments are not a label value
-            self.requests.labels(d.deployment, d.family, d.variant, "rejected").inc()
-
-    def error(self, deployment: str, seconds: float | None = None) -> None:
-        d = self.labels.get(deployment)
-        if d is not None:
-            self.requests.labels(d.deployment, d.family, d.variant, "error").inc()
-            if seconds is not None:
-                self.generation.labels(d.deployment, "error").observe(seconds)
+        if d is None:  # unknown deployments are not a label value
+            return
+        self.requests.labels(d.deployment, d.family, d.variant, outcome).inc()
+        if seconds is not None and outcome in GENERATION_OUTCOMES:
+            self.generation.labels(d.deployment, outcome).observe(seconds)

@@ -1,8 +1,15 @@
 import logging
+import os
 import warnings
 
 import pytest
 import torch
+
+# Triton kernels run in the interpreter on CPU tensors unless a real GPU is present. Triton reads this
+# when it is first imported, and importing diffusers may import it, so it is set here, before any test
+# module is collected. backend="auto" never picks the interpreter, so other tests are unaffected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(2)

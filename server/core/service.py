@@ -14,15 +14,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from latentguard.detectors import Report, RequestGuard
+from latentguard.detectors import StepVerdict
 from latentguard.server.config import Settings, ShadowConfig
 from latentguard.server.core.sessions import InspectSession
 from latentguard.server.core.shadow import ShadowJob, ShadowMirror
@@ -33,10 +33,11 @@ from latentguard.server.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from latentguard.server.metrics import DeploymentLabels, Metrics
+from latentguard.server.metrics import DeploymentLabels, Metrics, Outcome, outcome_of
 from latentguard.server.pipelines.deployments import Deployment, load_deployment
 from latentguard.server.pipelines.requests import GenerateRequest, ResolvedRequest, resolve
-from latentguard.server.pipelines.runner import GenerateResult, PipelineRunner
+from latentguard.server.pipelines.runner import GenerateResult, PipelineRunner, StepHook
+from latentguard.server.report import Report
 
 log = logging.getLogger(__name__)
 State = Literal["warming", "serving", "draining"]
@@ -69,9 +70,8 @@ class RequestRecord:
     """What happened to one finished request (kept for the last few hundred, for introspection)."""
 
     deployment: str
-    outcome: str
-    steps_run: int
-    steps_requested: int
+    outcome: Outcome
+    steps_run: int  # -1 when unknown (refused, or the run raised)
 
 
 class DeploymentWorker:
@@ -147,28 +147,35 @@ class GuardrailService:
     def worker(self, name: str) -> DeploymentWorker:
         self._check_serving()
         if name not in self.workers:
-            raise NotFound(f"unknown deployment {name!r}; serving: {', '.join(self.workers)}")
+            raise NotFound.deployment(name, list(self.workers))
         return self.workers[name]
 
     def deployments(self) -> list[Deployment]:
         return [w.dep for w in self.workers.values()]
 
     # --- Generate --------------------------------------------------------------------------------
+    def _admit(self, req: GenerateRequest) -> tuple[DeploymentWorker, ResolvedRequest]:
+        """Validate and reserve a slot; every refusal of a known deployment counts as `rejected`."""
+        try:
+            worker = self.worker(req.deployment)
+            resolved = resolve(req, worker.dep, self.settings.limits)
+            worker.reserve()
+        except (InvalidArgument, ResourceExhausted, Unavailable):
+            self._count(req.deployment, "rejected")
+            raise
+        self.metrics.set_admitted(req.deployment, worker.admitted)
+        return worker, resolved
+
     async def generate(
         self,
         req: GenerateRequest,
         cancel: Cancellation,
-        on_step: Callable[[int, RequestGuard], None] | None = None,
+        on_step: StepHook | None = None,
         decode: bool = True,
     ) -> GenerateResult:
-        worker = self.worker(req.deployment)
-        try:
-            resolved = resolve(req, worker.dep, self.settings.limits)
-            worker.reserve()
-        except (InvalidArgument, ResourceExhausted):
-            self.metrics.reject(req.deployment)
-            raise
-        self.metrics.set_admitted(req.deployment, worker.admitted)
+        """Run one request on its deployment's worker. Every admitted request ends in exactly one
+        outcome (ok, flagged, aborted, error, cancelled), recorded once."""
+        worker, resolved = self._admit(req)
         mirrors = self.shadow.sample(req.deployment)
         run = dataclasses.replace(resolved, return_trajectory=True) if mirrors else resolved
         start = time.perf_counter()
@@ -188,24 +195,26 @@ class GuardrailService:
                 caller_left = True
                 cancel.cancel()
                 result = await job
+        except Exception:
+            log.exception("request on %s failed", req.deployment)
+            self._count(req.deployment, "error", time.perf_counter() - start)
+            raise
         finally:
             worker.release()
             self.metrics.set_admitted(req.deployment, worker.admitted)
         report, seconds = result.report, time.perf_counter() - start
         stopped_early = report.steps_run < report.steps_requested and report.verdict != "abort"
         if stopped_early and cancel.expired:
-            self._record(report, "error")
-            self.metrics.error(req.deployment, seconds)
+            self._count(req.deployment, "error", seconds, report)
             raise DeadlineExceeded(
                 f"deadline exceeded after {report.steps_run} of {report.steps_requested} steps; "
                 "denoising stopped"
             )
         if caller_left:
-            self._record(report, "cancelled")
+            self._count(req.deployment, "cancelled", seconds, report)
             log.info("request on %s cancelled after %d steps", req.deployment, report.steps_run)
             raise asyncio.CancelledError()
-        self._record(report, report.verdict)
-        self.metrics.observe(report, seconds)
+        self._finished(report, seconds)
         if mirrors:
             self._mirror(mirrors, resolved, result)
             if not resolved.return_trajectory:
@@ -229,14 +238,28 @@ class GuardrailService:
         Called from worker threads; it only reads ints and a string."""
         return self.state != "serving" or any(w.admitted for w in self.workers.values())
 
-    def _record(self, report: Report, outcome: str) -> None:
-        self.recent.append(
-            RequestRecord(report.deployment, outcome, report.steps_run, report.steps_requested)
-        )
+    # --- accounting: the one place where a request's outcome is recorded --------------------------
+    def _finished(self, report: Report, seconds: float | None = None) -> None:
+        """A request that ran to its verdict (ok, flagged or aborted)."""
+        self.recent.append(RequestRecord(report.deployment, outcome_of(report), report.steps_run))
+        self.metrics.observe(report, seconds)
+
+    def _count(
+        self,
+        deployment: str,
+        outcome: Outcome,
+        seconds: float | None = None,
+        report: Report | None = None,
+    ) -> None:
+        """A request that ended without a verdict: rejected, error or cancelled."""
+        self.recent.append(RequestRecord(deployment, outcome, report.steps_run if report else -1))
+        self.metrics.count(deployment, outcome, seconds)
 
     # --- Inspect ---------------------------------------------------------------------------------
-    @contextmanager
-    def inspect_admission(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def inspect(self) -> AsyncIterator[InspectCall]:
+        """One Inspect stream: a session slot for its lifetime, and exactly one outcome once it has
+        named its deployment (its verdict, or rejected / error / cancelled when it ends early)."""
         self._check_serving()
         if self.inspect_sessions >= self.settings.max_inspect_sessions:
             raise ResourceExhausted(
@@ -244,29 +267,54 @@ class GuardrailService:
                 f"{self.settings.max_inspect_sessions}"
             )
         self.inspect_sessions += 1
+        call = InspectCall(self)
         try:
-            yield
+            yield call
+        except (asyncio.CancelledError, GeneratorExit):
+            call.ended("cancelled")
+            raise
+        except (InvalidArgument, NotFound, ResourceExhausted, Unavailable):
+            call.ended("rejected")
+            raise
+        except Exception:
+            call.ended("error")
+            raise
         finally:
             self.inspect_sessions -= 1
 
-    async def open_session(
-        self, deployment: str, sigmas: list[float], initial: torch.Tensor
-    ) -> InspectSession:
-        dep = self.worker(deployment).dep
-        return InspectSession(dep, sigmas, initial)
 
-    async def inspect_step(
-        self, session: InspectSession, step: int, latents: torch.Tensor
-    ) -> tuple[str, list[str], dict[str, float]]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.inspect_executor, session.step, step, latents
-        )
+class InspectCall:
+    """The core side of one Inspect stream: the first frame opens a session, later ones are scored."""
 
-    def finish_session(self, session: InspectSession) -> Report:
-        report = session.report()
-        self._record(report, report.verdict)
-        self.metrics.observe(report)
+    def __init__(self, service: GuardrailService):
+        self.service = service
+        self.session: InspectSession | None = None
+        self.done = False
+
+    async def frame(
+        self, deployment: str, sigmas: list[float], step: int, latents: torch.Tensor
+    ) -> StepVerdict | None:
+        """The verdict for a step frame; None for the opening frame (step -1, the initial noise)."""
+        if self.session is None:
+            if step != -1:
+                raise InvalidArgument("the first Inspect frame must be the initial noise, with step = -1")
+            self.session = InspectSession(self.service.worker(deployment).dep, sigmas, latents)
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.service.inspect_executor, self.session.step, step, latents)
+
+    def finish(self) -> Report:
+        if self.session is None:
+            raise InvalidArgument("Inspect stream closed before its first frame")
+        report = self.session.report()
+        self.done = True
+        self.service._finished(report)
         return report
+
+    def ended(self, outcome: Outcome) -> None:
+        if self.session is not None and not self.done:
+            self.done = True
+            self.service._count(self.session.dep.name, outcome)
 
 
 def deployment_labels(settings: Settings) -> list[DeploymentLabels]:

@@ -6,10 +6,11 @@ import time
 
 import torch
 
-from latentguard.detectors import Report, RequestGuard
+from latentguard.detectors import RequestGuard, StepVerdict
 from latentguard.server.errors import InvalidArgument
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.runner import build_report
+from latentguard.server.report import Report
 
 
 class InspectSession:
@@ -23,7 +24,7 @@ class InspectSession:
         self.guard = RequestGuard(dep.detectors, dep.policies, initial, sigmas)
         self.expected_shape = tuple(initial.shape)
 
-    def step(self, step: int, latents: torch.Tensor) -> tuple[str, list[str], dict[str, float]]:
+    def step(self, step: int, latents: torch.Tensor) -> StepVerdict:
         if step != self.guard.steps_run:
             raise InvalidArgument(
                 f"Inspect frames must arrive in step order: expected {self.guard.steps_run}, got {step}"
@@ -34,11 +35,7 @@ class InspectSession:
             raise InvalidArgument(
                 f"latents shape {tuple(latents.shape)} differs from the initial {self.expected_shape}"
             )
-        abort = self.guard.check(step, latents)
-        scores = {n: float(v[-1][0]) for n, v in self.guard.scores.items() if v and torch.isfinite(v[-1][0])}
-        flagged = [n for n, fs in self.guard.first_step.items() if int(fs[0]) == step]
-        verdict = "abort" if abort else self.guard.verdict(0)
-        return verdict, flagged, scores
+        return self.guard.check(step, latents)[0]
 
     def report(self) -> Report:
         steps = len(self.guard.sigmas) - 1

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 
 from latentguard.server.config import ShadowConfig
 from latentguard.server.metrics import Metrics
-from latentguard.server.offline.ab_stats import relative_l2
 from latentguard.server.pipelines.requests import ResolvedRequest
 from latentguard.server.pipelines.runner import PipelineRunner
-from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
+from latentguard.server.pipelines.trajectory_record import RecordedTrajectory, relative_l2
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 0.05  # seconds

@@ -1,7 +1,7 @@
 """`latentguard ab`: the same (prompt, seed) pairs through a baseline and a candidate deployment.
 
-Runs go in process (`InProcessSource`) or to a running server over gRPC (`GrpcSource`, Generate with
-return_trajectory); both give the same `RunRecord`. `compare` turns the paired records into the
+Runs come from a `Source` (ab_sources.py: in process or over gRPC), as `RunRecord`s. `compare` turns
+the paired records into the
 report: per-step divergence of latents and x0_hat, per-detector score deltas with Wilcoxon p-values,
 flag rates with McNemar's exact test, PSNR / SSIM of the final images, wall time and memory per
 variant, and a verdict against the gates. ab_report.py writes it out.
@@ -9,161 +9,16 @@ variant, and a verdict against the gates. ab_report.py writes it out.
 
 from __future__ import annotations
 
-import io
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import psutil
-import torch
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from latentguard.server.offline import ab_stats
-from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
-
-
-@dataclass
-class RunRecord:
-    verdict: str
-    scores: dict[str, float]  # detector -> request score; detectors that raised are left out
-    flagged: dict[str, bool]
-    steps_run: int
-    steps_requested: int
-    seconds: float
-    image: np.ndarray | None  # H x W x 3 uint8; None when aborted
-    trajectory: RecordedTrajectory | None  # until the pair is reduced (Pair.of)
-    peak_rss_mb: float | None = None
-
-    @classmethod
-    def from_report(cls, report: Any, seconds: float, image: np.ndarray | None, **kw: Any) -> RunRecord:
-        """From a detectors.Report or a protobuf Report (same field names)."""
-        return cls(
-            verdict=report.verdict,
-            scores={d.name: d.score for d in report.detectors if not d.error},
-            flagged={d.name: d.flagged for d in report.detectors},
-            steps_run=report.steps_run,
-            steps_requested=report.steps_requested,
-            seconds=seconds,
-            image=image,
-            **kw,
-        )
-
-
-@dataclass
-class VariantInfo:
-    name: str
-    variant: str
-    weight_mb: float | None
-
-
-class Source(Protocol):
-    def info(self, deployment: str) -> VariantInfo: ...
-
-    def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord: ...
-
-
-def _decode_png(data: bytes) -> np.ndarray | None:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) if data else None
-
-
-class InProcessSource:
-    """Loads the two deployments in this process (sharing encoders and VAE, as `serve` does)."""
-
-    def __init__(self, settings):
-        from latentguard.server.pipelines.deployments import load_deployment
-
-        self.settings = settings
-        self._load = load_deployment
-        self.deployments: dict[str, Any] = {}
-
-    def _dep(self, name: str):
-        if name not in self.deployments:
-            from latentguard.server.errors import NotFound
-
-            configs = {c.name: c for c in self.settings.deployments}
-            if name not in configs:
-                raise NotFound(f"unknown deployment {name!r}; configured: {', '.join(configs)}")
-            self.deployments[name] = self._load(configs[name], self.settings.device)
-        return self.deployments[name]
-
-    def info(self, deployment: str) -> VariantInfo:
-        dep = self._dep(deployment)
-        return VariantInfo(deployment, dep.config.variant, dep.weight_bytes / 2**20)
-
-    def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
-        from latentguard.server.pipelines.requests import GenerateRequest, resolve
-        from latentguard.server.pipelines.runner import PipelineRunner
-
-        dep = self._dep(deployment)
-        req = resolve(
-            GenerateRequest(deployment, prompt, seed=seed, drill=drill, return_trajectory=True),
-            dep,
-            self.settings.limits,
-        )
-        process, peak = psutil.Process(), [0]
-
-        def sample_memory(step: int, guard) -> None:
-            peak[0] = max(peak[0], process.memory_info().rss)
-
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        result = PipelineRunner(dep, self.settings.backend).generate(req, on_step=sample_memory)
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak[0] / 2**20
-        assert result.trajectory is not None
-        return RunRecord.from_report(
-            result.report,
-            result.report.timings.total_seconds,
-            np.asarray(result.image.convert("RGB")) if result.image is not None else None,
-            trajectory=result.trajectory,
-            peak_rss_mb=peak_mb,
-        )
-
-
-class GrpcSource:
-    """Against a running `latentguard serve`: Generate with return_trajectory=True."""
-
-    def __init__(self, target: str, timeout: float = 600):
-        from latentguard.server.rpc.client import channel
-        from latentguard.v1 import guardrail_pb2 as pb
-        from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
-
-        self.pb = pb
-        self.stub = pb_grpc.GuardrailStub(channel(target))
-        self.timeout = timeout
-        self.listed = {
-            d.name: d for d in self.stub.ListDeployments(pb.ListDeploymentsRequest(), timeout=30).deployments
-        }
-
-    def info(self, deployment: str) -> VariantInfo:
-        from latentguard.server.errors import NotFound
-
-        if deployment not in self.listed:
-            raise NotFound(f"the server does not serve {deployment!r}; it serves {', '.join(self.listed)}")
-        d = self.listed[deployment]
-        return VariantInfo(
-            deployment, d.variant, d.transformer_bytes / 2**20 if d.transformer_bytes else None
-        )
-
-    def run(self, deployment: str, prompt: str, seed: int, drill: str) -> RunRecord:
-        from latentguard.server.rpc.convert import trajectory_from_proto
-
-        req = self.pb.GenerateRequest(
-            deployment=deployment, prompt=prompt, seed=seed, drill=drill, return_trajectory=True
-        )
-        start = time.perf_counter()
-        resp = self.stub.Generate(req, timeout=self.timeout)
-        seconds = time.perf_counter() - start
-        # seconds as the client sees them: network and PNG encoding included
-        return RunRecord.from_report(
-            resp.report,
-            seconds,
-            _decode_png(resp.image_png),
-            trajectory=trajectory_from_proto(resp.trajectory),
-        )
+from latentguard.server.offline.ab_sources import RunRecord, Source, VariantInfo
 
 
 class Gates(BaseModel):

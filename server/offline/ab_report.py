@@ -20,22 +20,27 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 def markdown(r: AbReport) -> str:
     verdict = "**acceptable**" if r.acceptable else "**not acceptable**"
-    lines = [
+    header = [
         f"# A/B: {r.candidate.name} ({r.candidate.variant}) vs {r.baseline.name} ({r.baseline.variant})",
         "",
         f"{r.pairs} paired runs (same prompt and seed on both sides)"
         + (f"; drill on the candidate: `{r.drill}`" if r.drill else "")
         + f". Verdict: {verdict}.",
-        "",
-        "## Gates",
-        "",
-        "| gate | value | limit | |",
-        "|---|---|---|---|",
     ]
+    sections = [header, _gates(r), _divergence(r), _detectors(r), _images(r), _cost(r)]
+    return "\n".join(line for section in sections for line in [*section, ""])
+
+
+def _gates(r: AbReport) -> list[str]:
+    lines = ["## Gates", "", "| gate | value | limit | |", "|---|---|---|---|"]
     for g in r.gates:
         mark = "pass" if g["passed"] else "FAIL"
         lines.append(f"| {g['gate']} | {_fmt(g['value'])} | {g['op']} {_fmt(g['limit'])} | {mark} |")
-    lines += ["", "## Divergence per step (relative L2, mean ± std over pairs; cosine mean)", ""]
+    return lines
+
+
+def _divergence(r: AbReport) -> list[str]:
+    lines = ["## Divergence per step (relative L2, mean ± std over pairs; cosine mean)", ""]
     lines += ["| step | sigma | latents rel. L2 | x0_hat rel. L2 | x0_hat cosine |", "|---|---|---|---|---|"]
     for d in r.divergence:
         lat, x0 = d["latents_rel_l2"], d["x0_rel_l2"]
@@ -43,10 +48,15 @@ def markdown(r: AbReport) -> str:
             f"| {d['step']} | {d['sigma']:.3f} | {_fmt(lat['mean'])} ± {_fmt(lat['std'], 2)} "
             f"| {_fmt(x0['mean'])} ± {_fmt(x0['std'], 2)} | {_fmt(d['x0_cosine']['mean'], 6)} |"
         )
-    lines += ["", "## Detectors", ""]
-    lines += [
-        "| detector | flag rate base → cand | McNemar exact p | score delta median (mean ± std) | Wilcoxon p"
-        " |",
+    return lines
+
+
+def _detectors(r: AbReport) -> list[str]:
+    lines = [
+        "## Detectors",
+        "",
+        "| detector | flag rate base → cand | McNemar exact p "
+        "| score delta median (mean ± std) | Wilcoxon p |",
         "|---|---|---|---|---|",
     ]
     for name, d in r.detectors.items():
@@ -59,16 +69,23 @@ def markdown(r: AbReport) -> str:
             f"| {name} | {rates} | {_fmt(d['mcnemar_p'])} | {_fmt(d['score_delta_median'])} "
             f"({_fmt(delta['mean'])} ± {_fmt(delta['std'], 2)}) | {_fmt(d['wilcoxon_p'])} |"
         )
+    return lines
+
+
+def _images(r: AbReport) -> list[str]:
     im = r.images
-    lines += [
-        "",
+    return [
         "## Final images",
         "",
         f"{im['compared']} pairs compared ({im['skipped_aborted']} skipped: aborted on a side; "
         f"{im['identical']} identical). PSNR {_fmt(im['psnr_db'].get('mean'))} dB "
         f"(p05 {_fmt(im['psnr_db'].get('p05'))}), SSIM {_fmt(im['ssim'].get('mean'))} "
         f"(p05 {_fmt(im['ssim'].get('p05'))}).",
-        "",
+    ]
+
+
+def _cost(r: AbReport) -> list[str]:
+    lines = [
         "## Cost",
         "",
         "| | seconds per run | peak memory (MB) | transformer weights (MB) |",
@@ -80,13 +97,12 @@ def markdown(r: AbReport) -> str:
             f"| {side} | {_fmt(c['seconds_per_run'])} | {_fmt(c['peak_memory_mb'])} "
             f"| {_fmt(c['transformer_weights_mb'])} |"
         )
-    lines += [
+    return [
+        *lines,
         "",
         "Peak memory is the process RSS sampled at each step on CPU (process-wide, so it includes the",
         "other deployment) or `torch.cuda.max_memory_allocated` on CUDA; over gRPC it is not known.",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def plots(r: AbReport, pairs: list[Pair], out: Path) -> list[Path]:

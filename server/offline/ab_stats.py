@@ -15,10 +15,9 @@ import torch
 from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from latentguard.server.pipelines.trajectory_record import relative_l2
 
-def relative_l2(candidate: torch.Tensor, baseline: torch.Tensor) -> float:
-    """||c - b|| / ||b||."""
-    return float((candidate.double() - baseline.double()).norm() / baseline.double().norm().clamp_min(1e-12))
+__all__ = ["cosine", "mcnemar_exact_p", "psnr", "relative_l2", "spread", "ssim", "wilcoxon_p"]
 
 
 def cosine(candidate: torch.Tensor, baseline: torch.Tensor) -> float:

@@ -16,6 +16,11 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 Progress = Callable[[int], None]  # called with the number of runs just finished
 
 
+def default_prompts(split: str) -> list[str]:
+    """The shipped prompt set of a split: "calibration" or "evaluation" (disjoint)."""
+    return read_prompts(PROMPTS_DIR / f"{split}.txt")
+
+
 def read_prompts(path: str | Path) -> list[str]:
     lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
     prompts = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -71,7 +76,7 @@ def collect(
     parts, guards, sigmas = [], [], []
     for b, batch in enumerate(_batches(runs, batch_size)):
         this_drill = drill(b) if callable(drill) else drill
-        guard, _ = runner.denoise(
+        guard = runner.denoise(
             [p for p, _ in batch],
             [s for _, s in batch],
             steps or cfg.steps,
@@ -81,7 +86,7 @@ def collect(
             detectors=detectors or {},
             policies=policies,
             drill=this_drill,
-        )
+        ).guard
         parts.append(guard.monitor.stacked())
         guards.append(guard)
         sigmas = guard.sigmas

@@ -36,7 +36,8 @@ class FamilyOps:
         return latents
 
     def from_pipeline(self, latents: torch.Tensor, pipe: Pipeline, height: int, width: int) -> torch.Tensor:
-        if self.name == "flux":
+        """[B, C, H, W] from the pipeline's layout (latents already [B, C, H, W] are returned as they are)."""
+        if self.name == "flux" and latents.ndim == 3:
             return FluxPipeline._unpack_latents(latents, height, width, pipe.vae_scale_factor)
         return latents
 
@@ -57,3 +58,11 @@ FAMILIES = {
     "sd3": FamilyOps("sd3", StableDiffusion3Pipeline, 2),  # transformer patch size 2
     "flux": FamilyOps("flux", FluxPipeline, 2),  # 2x2 packing
 }
+
+
+def family_of(pipe: Pipeline) -> FamilyOps:
+    """The family of a diffusers pipeline object (a subclass counts as its family)."""
+    for ops in FAMILIES.values():
+        if isinstance(pipe, ops.pipeline_class):
+            return ops
+    raise ValueError(f"{type(pipe).__name__} is neither an SD3 nor a FLUX.1 pipeline")

@@ -1,4 +1,4 @@
-"""PipelineRunner: runs a deployment's diffusers pipeline with the guard in its step callback.
+"""PipelineRunner: runs a deployment's diffusers pipeline with the guard in its step callbacks.
 
 The runner draws the initial noise from each request's seed itself (so step 0 is known to the
 monitor) and passes it in as `latents=`. The pipeline runs with output_type="latent" and the runner
@@ -13,19 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks
 from PIL import Image
 
-from latentguard.detectors import Detector, Drill, Report, RequestGuard, Timings, x0_to_latent_delta
+from latentguard.detectors import Detector, Drill, RequestGuard, StepVerdict
 from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import Backend
+from latentguard.server.pipelines.callbacks import DrillCallback, GuardCallback, RecordCallback
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.requests import ResolvedRequest
-from latentguard.server.pipelines.trajectory_record import (
-    RecordedTrajectory,
-    StepHook,
-    TrajectoryRecorder,
-    chain,
-)
+from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
+from latentguard.server.report import Report, Timings
+
+StepHook = Callable[[StepVerdict], None]
 
 
 @dataclass
@@ -33,6 +33,13 @@ class GenerateResult:
     image: Image.Image | None
     report: Report
     trajectory: RecordedTrajectory | None = None  # when the request asked for it
+
+
+@dataclass
+class Denoised:
+    guard: RequestGuard
+    latents: torch.Tensor  # [B, C, H, W], where denoising stopped
+    trajectory: RecordedTrajectory | None = None
 
 
 def initial_noise(dep: Deployment, seeds: list[int], height: int, width: int) -> torch.Tensor:
@@ -60,33 +67,26 @@ class PipelineRunner:
         policies: dict[str, DetectorPolicy],
         drill: Drill | None = None,
         should_stop: Callable[[], bool] | None = None,
-        on_step: StepHook | None = None,
-    ) -> tuple[RequestGuard, torch.Tensor]:
-        """Run the pipeline to latents with a guard watching every step; returns (guard, [B,C,H,W])."""
+        on_step: Callable[[list[StepVerdict]], None] | None = None,
+        record: bool = False,
+    ) -> Denoised:
+        """Run the pipeline to latents with a guard watching every step (one verdict per element)."""
         dep, family = self.dep, self.dep.family
         noise = initial_noise(dep, seeds, height, width)
-        drill_gen = torch.Generator("cpu").manual_seed(seeds[0])
-        holder: list[RequestGuard] = []
-
-        def callback(pipe, i: int, t, kwargs: dict) -> dict:
-            if not holder:
-                sigmas = [float(s) for s in pipe.scheduler.sigmas]
-                holder.append(RequestGuard(detectors, policies, noise, sigmas, backend=self.backend))
-            guard = holder[0]
-            latents = family.from_pipeline(kwargs["latents"], pipe, height, width)
-            changed = drill is not None and i == drill.step
-            if changed:
-                assert drill is not None
-                delta = drill.delta(guard.monitor.x0_hat(i, latents), drill_gen)
-                shift = x0_to_latent_delta(delta, guard.sigmas[i], guard.sigmas[i + 1])
-                latents = (latents.float() + shift).to(latents.dtype)
-            abort = guard.check(i, latents)
-            if on_step is not None:
-                on_step(i, guard)
-            if abort or (should_stop is not None and should_stop()):
-                family.interrupt(pipe)
-            return {"latents": family.to_pipeline(latents)} if changed else {}
-
+        guard = GuardCallback(
+            family,
+            height,
+            width,
+            lambda sigmas: RequestGuard(detectors, policies, noise, sigmas, backend=self.backend),
+            should_stop,
+            on_step,
+        )
+        recorder = RecordCallback(family, height, width, noise) if record else None
+        callbacks = [
+            *([DrillCallback(family, height, width, drill, noise, seeds[0])] if drill else []),
+            guard,
+            *([recorder] if recorder else []),
+        ]
         extra = {}
         if dep.config.max_sequence_length is not None:
             extra["max_sequence_length"] = dep.config.max_sequence_length
@@ -98,10 +98,12 @@ class PipelineRunner:
             guidance_scale=guidance_scale,
             latents=family.to_pipeline(noise),
             output_type="latent",
-            callback_on_step_end=callback,
+            callback_on_step_end=MultiPipelineCallbacks(callbacks),
             **extra,
         )
-        return holder[0], family.from_pipeline(out.images, dep.pipe, height, width)
+        assert guard.guard is not None
+        latents = family.from_pipeline(out.images, dep.pipe, height, width)
+        return Denoised(guard.guard, latents, recorder.result() if recorder else None)
 
     def generate(
         self,
@@ -112,8 +114,7 @@ class PipelineRunner:
     ) -> GenerateResult:
         start = time.perf_counter()
         dep = self.dep
-        recorder = TrajectoryRecorder() if req.return_trajectory else None
-        guard, latents = self.denoise(
+        run = self.denoise(
             [req.prompt],
             [req.seed],
             req.steps,
@@ -124,25 +125,19 @@ class PipelineRunner:
             policies=dep.policies,
             drill=req.drill,
             should_stop=should_stop,
-            on_step=chain(on_step, recorder),
+            on_step=(lambda verdicts: on_step(verdicts[0])) if on_step else None,
+            record=req.return_trajectory,
         )
-        verdict = guard.verdict(0)
-        image = dep.family.decode(dep.pipe, latents)[0] if decode and verdict != "abort" else None
+        aborted = run.guard.verdict(0) == "abort"
+        image = dep.family.decode(dep.pipe, run.latents)[0] if decode and not aborted else None
         exact = dep.profile is not None and (dep.profile.steps, dep.profile.height, dep.profile.width) == (
             req.steps,
             req.height,
             req.width,
         )
-        report = build_report(
-            dep,
-            guard,
-            req.seed,
-            req.steps,
-            str(req.drill) if req.drill else "",
-            time.perf_counter() - start,
-            exact,
-        )
-        return GenerateResult(image=image, report=report, trajectory=recorder.result() if recorder else None)
+        drill = str(req.drill) if req.drill else ""
+        report = build_report(dep, run.guard, req.seed, req.steps, drill, time.perf_counter() - start, exact)
+        return GenerateResult(image=image, report=report, trajectory=run.trajectory)
 
 
 def build_report(
@@ -163,9 +158,9 @@ def build_report(
         seed=seed,
         steps_requested=steps_requested,
         steps_run=guard.steps_run,
-        aborted_at_step=guard.aborted_at,
+        aborted_at_step=guard.aborted_step(0),
         drill=drill,
-        detectors=guard.detector_reports(0),
+        detectors=guard.detector_results(0),
         steps=guard.step_reports(0),
         timings=Timings(
             total_seconds=total_seconds,

@@ -1,20 +1,13 @@
-"""Keeping a request's whole denoising trajectory, for A/B comparisons and shadow mode only.
-
-The guard itself never keeps more than the previous step (detectors/trajectory.py); a recorder is a
-step hook that copies each step's latents to the CPU as float32 when a caller asked for them.
-"""
+"""A request's whole denoising trajectory, kept only when asked for (A/B comparisons, shadow mode),
+and the divergence between two of them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from latentguard.detectors import RequestGuard
-from latentguard.detectors.trajectory import denoised_estimate
-
-StepHook = Callable[[int, RequestGuard], None]
+from latentguard.detectors import denoised_estimate
 
 
 @dataclass
@@ -37,31 +30,6 @@ class RecordedTrajectory:
         return sum(t.numel() * t.element_size() for t in self.latents)
 
 
-@dataclass
-class TrajectoryRecorder:
-    sigmas: list[float] = field(default_factory=list)
-    latents: list[torch.Tensor] = field(default_factory=list)
-
-    def __call__(self, step: int, guard: RequestGuard) -> None:
-        if not self.latents:
-            self.sigmas = list(guard.sigmas)
-            self.latents.append(guard.monitor.initial.detach().float().cpu())
-        self.latents.append(guard.monitor.latest.detach().float().cpu())
-
-    def result(self) -> RecordedTrajectory:
-        return RecordedTrajectory(self.sigmas, self.latents)
-
-
-def chain(*hooks: StepHook | None) -> StepHook | None:
-    """One step hook that calls each given hook in order (None when there is none)."""
-    active = [h for h in hooks if h is not None]
-    if not active:
-        return None
-    if len(active) == 1:
-        return active[0]
-
-    def run_all(step: int, guard: RequestGuard) -> None:
-        for hook in active:
-            hook(step, guard)
-
-    return run_all
+def relative_l2(candidate: torch.Tensor, baseline: torch.Tensor) -> float:
+    """||c - b|| / ||b||."""
+    return float((candidate.double() - baseline.double()).norm() / baseline.double().norm().clamp_min(1e-12))

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import torch
 
+from latentguard.server.pipelines.families import family_of
 from latentguard.server.rpc import tensors
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
@@ -51,6 +52,7 @@ class InspectCallback:
     ):
         self.stub = pb_grpc.GuardrailStub(channel(target))
         self.deployment, self.pipe, self.height, self.width = deployment, pipe, height, width
+        self.family = family_of(pipe)
         self.initial = initial
         self.verdicts: list[pb.InspectVerdict] = []
         self.report: pb.Report | None = None
@@ -59,11 +61,7 @@ class InspectCallback:
         self._lock = threading.Lock()
 
     def _unpack(self, latents: torch.Tensor) -> torch.Tensor:
-        if latents.ndim == 3:  # FLUX packs latents as [B, (H/2)(W/2), 4C]
-            return type(self.pipe)._unpack_latents(
-                latents, self.height, self.width, self.pipe.vae_scale_factor
-            )
-        return latents
+        return self.family.from_pipeline(latents, self.pipe, self.height, self.width)
 
     def _frames(self) -> Iterator[pb.InspectFrame]:
         while (frame := self._out.get()) is not None:
@@ -82,7 +80,7 @@ class InspectCallback:
         last = step == len(pipe.scheduler.sigmas) - 2
         if verdict.verdict == "abort" or last:
             if verdict.verdict == "abort":
-                pipe._interrupt = True  # the pipeline's own interrupt flag
+                self.family.interrupt(pipe)
             self.close()
         return {}
 

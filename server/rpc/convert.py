@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 
 import torch
+from google.protobuf.json_format import MessageToDict
 from PIL import Image
 
-from latentguard.detectors import Report
+from latentguard.detectors import StepVerdict
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.requests import GenerateRequest
 from latentguard.server.pipelines.runner import GenerateResult
 from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
+from latentguard.server.report import Report
 from latentguard.server.rpc import tensors
 from latentguard.v1 import guardrail_pb2 as pb
 
@@ -28,6 +30,40 @@ def request_from_proto(msg: pb.GenerateRequest) -> GenerateRequest:
         drill=msg.drill,
         return_trajectory=msg.return_trajectory,
     )
+
+
+def request_to_proto(req: GenerateRequest, skip_image: bool = False) -> pb.GenerateRequest:
+    msg = pb.GenerateRequest(
+        deployment=req.deployment,
+        prompt=req.prompt,
+        seed=req.seed,
+        steps=req.steps,
+        width=req.width,
+        height=req.height,
+        drill=req.drill,
+        skip_image=skip_image,
+        return_trajectory=req.return_trajectory,
+    )
+    if req.guidance_scale is not None:
+        msg.guidance_scale = req.guidance_scale
+    return msg
+
+
+def step_event_to_proto(v: StepVerdict) -> pb.StepEvent:
+    return pb.StepEvent(
+        step=v.step, total_steps=v.total_steps, scores=v.scores, flagged=v.flagged, verdict=v.verdict
+    )
+
+
+def inspect_verdict_to_proto(v: StepVerdict) -> pb.InspectVerdict:
+    return pb.InspectVerdict(
+        step=v.step, total_steps=v.total_steps, scores=v.scores, flagged=v.flagged, verdict=v.verdict
+    )
+
+
+def report_from_proto(msg: pb.Report) -> Report:
+    d = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return Report.from_dict(d)
 
 
 def report_to_proto(report: Report) -> pb.Report:

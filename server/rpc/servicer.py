@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from latentguard.detectors import RequestGuard
-from latentguard.server.core.service import Cancellation, GuardrailService, InspectSession
-from latentguard.server.errors import InvalidArgument, Unavailable
+from latentguard.detectors import StepVerdict
+from latentguard.server.core.service import Cancellation, GuardrailService
+from latentguard.server.errors import Unavailable
 from latentguard.server.rpc import convert, tensors
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
@@ -39,14 +39,8 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[pb.GenerateEvent] = asyncio.Queue()
 
-        def on_step(step: int, guard: RequestGuard) -> None:  # runs on the worker thread
-            scores = {n: float(v[step][0]) for n, v in guard.scores.items() if v[step].isfinite().all()}
-            flagged = [n for n, fs in guard.first_step.items() if 0 <= int(fs[0]) <= step]
-            event = pb.GenerateEvent(
-                step=pb.StepEvent(
-                    step=step, total_steps=len(guard.sigmas) - 1, scores=scores, flagged=flagged
-                )
-            )
+        def on_step(verdict: StepVerdict) -> None:  # runs on the worker thread
+            event = pb.GenerateEvent(step=convert.step_event_to_proto(verdict))
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         task = asyncio.ensure_future(
@@ -71,22 +65,13 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
     async def Inspect(
         self, request_iterator: AsyncIterator[pb.InspectFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.InspectVerdict]:
-        session: InspectSession | None = None
-        with self.service.inspect_admission():
+        async with self.service.inspect() as call:
             async for frame in request_iterator:
                 latents = tensors.decode(frame.latents, frame.dtype, list(frame.shape))
-                if session is None:
-                    if frame.step != -1:
-                        raise InvalidArgument(
-                            "the first Inspect frame must be the initial noise, with step = -1"
-                        )
-                    session = await self.service.open_session(frame.deployment, list(frame.sigmas), latents)
-                    continue
-                verdict, flagged, scores = await self.service.inspect_step(session, frame.step, latents)
-                yield pb.InspectVerdict(step=frame.step, verdict=verdict, flagged=flagged, scores=scores)
-            if session is None:
-                raise InvalidArgument("Inspect stream closed before its first frame")
-            report = self.service.finish_session(session)
+                verdict = await call.frame(frame.deployment, list(frame.sigmas), frame.step, latents)
+                if verdict is not None:
+                    yield convert.inspect_verdict_to_proto(verdict)
+            report = call.finish()
             yield pb.InspectVerdict(
                 step=report.steps_run - 1, verdict=report.verdict, report=convert.report_to_proto(report)
             )

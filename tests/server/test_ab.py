@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from latentguard.server.cli import app
 from latentguard.server.config import Settings
 from latentguard.server.offline import ab
+from latentguard.server.offline.ab_sources import InProcessSource
 
 from .grpc_harness import ServerThread, make_settings
 
@@ -18,7 +19,7 @@ PROMPTS = ["a red fox in the snow", "a lighthouse at dusk"]
 
 @pytest.fixture(scope="module")
 def source():
-    return ab.InProcessSource(Settings())
+    return InProcessSource(Settings())
 
 
 def compare(source, baseline: str, candidate: str, drill: str = "", seeds: int = 2) -> ab.AbReport:
@@ -84,7 +85,7 @@ def test_ab_cli_against_a_live_server_over_grpc(tmp_path):
         )
         assert bad.exit_code == 1, bad.output
         unknown = runner.invoke(app, [*args, "--candidate", "nope", "--out", str(tmp_path / "x")])
-        assert unknown.exit_code == 2 and "does not serve 'nope'" in unknown.output
+        assert unknown.exit_code == 2 and "unknown deployment 'nope'" in unknown.output
     finally:
         server.stop()
     report = json.loads((tmp_path / "ok" / "report.json").read_text())

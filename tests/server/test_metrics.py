@@ -26,6 +26,7 @@ CONTRACT = {
     "latentguard_admitted_requests": "gauge",
     "latentguard_admission_capacity": "gauge",
     "latentguard_deployment_info": "gauge",
+    "latentguard_kernel_fallbacks": "gauge",
     "latentguard_shadow_runs": "counter",  # series only for configured shadow pairs
     "latentguard_shadow_divergence": "histogram",
 }
@@ -125,13 +126,14 @@ def test_promtool_check_metrics_is_clean(server):
 def test_detector_errors_and_admission_gauges_are_recorded():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from latentguard.detectors import DetectorReport, Report
+    from latentguard.detectors import DetectorResult
     from latentguard.server.metrics import DeploymentLabels, Metrics
+    from latentguard.server.report import Report
 
     registry = CollectorRegistry()
     metrics = Metrics(registry, [DeploymentLabels("cand", "sd3", "fp8", baseline="base")])
-    failing = DetectorReport("spectral_residual", 0.0, 1.0, False, -1, error="RuntimeError: boom")
-    fine = DetectorReport("latent_variance", 0.5, 1.0, False, -1)
+    failing = DetectorResult("spectral_residual", 0.0, 1.0, False, -1, error="RuntimeError: boom")
+    fine = DetectorResult("latent_variance", 0.5, 1.0, False, -1)
     report = Report("pass", "cand", "sd3", "fp8", 0, 4, 4, -1, "", [failing, fine], [])
     metrics.observe(report, 0.1)
     metrics.set_capacity("cand", 9)

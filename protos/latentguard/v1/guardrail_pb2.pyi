@@ -146,7 +146,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, image_png: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ...) -> None: ...
 
 class StepEvent(_message.Message):
-    __slots__ = ("step", "total_steps", "scores", "flagged")
+    __slots__ = ("step", "total_steps", "scores", "flagged", "verdict")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,11 +158,13 @@ class StepEvent(_message.Message):
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     scores: _containers.ScalarMap[str, float]
     flagged: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., flagged: _Optional[_Iterable[str]] = ...) -> None: ...
+    verdict: str
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., flagged: _Optional[_Iterable[str]] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("step", "result")
@@ -189,7 +191,7 @@ class InspectFrame(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., sigmas: _Optional[_Iterable[float]] = ..., step: _Optional[int] = ..., latents: _Optional[bytes] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InspectVerdict(_message.Message):
-    __slots__ = ("step", "verdict", "flagged", "scores", "report")
+    __slots__ = ("step", "verdict", "flagged", "scores", "report", "total_steps")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,12 +204,14 @@ class InspectVerdict(_message.Message):
     FLAGGED_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     step: int
     verdict: str
     flagged: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.ScalarMap[str, float]
     report: Report
-    def __init__(self, step: _Optional[int] = ..., verdict: _Optional[str] = ..., flagged: _Optional[_Iterable[str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+    total_steps: int
+    def __init__(self, step: _Optional[int] = ..., verdict: _Optional[str] = ..., flagged: _Optional[_Iterable[str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., total_steps: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ()

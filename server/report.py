@@ -1,0 +1,56 @@
+"""The per-request report (proto `latentguard.v1.Report`; JSON uses the proto field names)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from latentguard.detectors import DetectorResult, StepReport, Verdict
+
+
+@dataclass
+class Timings:
+    total_seconds: float = 0.0
+    guard_seconds: float = 0.0
+    guard_seconds_per_step: float = 0.0
+
+
+@dataclass
+class Report:
+    verdict: Verdict
+    deployment: str
+    family: str
+    variant: str
+    seed: int
+    steps_requested: int
+    steps_run: int
+    aborted_at_step: int  # -1 when not aborted
+    drill: str
+    detectors: list[DetectorResult]
+    steps: list[StepReport]
+    timings: Timings = field(default_factory=Timings)
+    profile: str = ""  # calibration profile fingerprint
+    profile_exact: bool = True  # request used the calibrated resolution and schedule
+
+    @property
+    def flagged_detectors(self) -> list[str]:
+        return [d.name for d in self.detectors if d.flagged]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Report:
+        """Inverse of to_dict; also takes protobuf JSON (64-bit integers arrive as strings)."""
+        steps = [StepReport(**{**x, "nonfinite": int(x["nonfinite"])}) for x in d.get("steps", [])]
+        return Report(
+            **{k: v for k, v in d.items() if k not in ("detectors", "steps", "timings", "seed")},
+            seed=int(d["seed"]),
+            detectors=[DetectorResult(**x) for x in d.get("detectors", [])],
+            steps=steps,
+            timings=Timings(**d.get("timings", {})),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)
