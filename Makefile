@@ -4,8 +4,17 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
+# code generation in its own venv: this grpcio-tools' protoc writes gencode 6.30, which runs on
+# protobuf 6.30+ and 7.x alike (a newer protoc would pin users to protobuf 7, away from tritonclient)
+PROTOC_VENV  := .venv-protoc
+PROTOC_STAMP := $(PROTOC_VENV)/.installed
+GRPC_TOOLS   := grpcio-tools==1.72.2
+PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/inference.proto
+# tritonclient (protobuf < 7) next to latentguard's generated code: the coexistence the OIP tests check
+TRITON_VENV  := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint profiles eval bench protos promtool clean
+.PHONY: install demo test lint profiles eval bench protos promtool clean train quality soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,12 +26,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(PROTOC_STAMP):
+	test -x $(PROTOC_VENV)/bin/python || $(PY) -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/pip install -q "$(GRPC_TOOLS)"
+	touch $@
+
+$(TRITON_STAMP): pyproject.toml
+	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q "tritonclient[grpc]"
+	$(TRITON_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
 ## demo: serve on loopback, send benign and drilled requests over gRPC, print verdicts and /metrics rates
 demo: $(STAMP)
 	$(BIN)/python -m latentguard.server.harness.demo
 	mkdir -p out
-	$(BIN)/latentguard generate --local --deployment tiny-sd3 --prompt "a red fox" --seed 7 \
-		--out out/fox.png --report out/report.json
+	$(BIN)/latentguard generate --local --deployment tiny-sd3 --prompt "a red circle on a blue background" \
+		--seed 7 --out out/circle.png --report out/report.json
 
 ## promtool: Prometheus from Debian's packages (the metric lint test uses promtool)
 promtool:
@@ -30,7 +50,7 @@ promtool:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
 		else echo "promtool missing: run 'sudo apt-get install prometheus'"; fi; }
 
-test: $(STAMP) promtool
+test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -38,27 +58,39 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy kernels detectors server
 
-## profiles: regenerate the shipped calibration profiles of the built-in deployments
+## train: the built-in tiny-sd3 / tiny-flux weights from scratch (resumable; see training/train.py)
+train: $(STAMP)
+	$(BIN)/python training/train.py
+
+## quality: do the built-in models draw what their prompts say? (evaluation/builtin-quality.md)
+quality: $(STAMP)
+	$(BIN)/python evaluation/builtin_quality.py
+
+## profiles: the shipped calibration profiles (and classifiers) of the built-in deployments
+PROFILES := server/pipelines/profiles
 profiles: $(STAMP)
-	$(BIN)/latentguard calibrate --deployment tiny-sd3 --seeds 16 --out server/pipelines/profiles/tiny-sd3.json
-	$(BIN)/latentguard calibrate --deployment tiny-flux --seeds 16 --out server/pipelines/profiles/tiny-flux.json
-	$(BIN)/latentguard calibrate --deployment tiny-sd3-fp8 --seeds 16 --out server/pipelines/profiles/tiny-sd3-fp8.json
-	$(BIN)/latentguard calibrate --deployment tiny-sd3-int4 --seeds 16 --out server/pipelines/profiles/tiny-sd3-int4.json
+	for d in tiny-sd3 tiny-flux tiny-sd3-fp8 tiny-sd3-int4; do \
+		$(BIN)/latentguard train-classifier --deployment $$d --out $(PROFILES)/$$d.json || exit 1; done
+
+## soak: the hostile-input tests at 10x the examples, printing their counts
+soak: $(STAMP) promtool
+	LATENTGUARD_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/server/test_hostile.py
 
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)
 	$(BIN)/python evaluation/evaluate_detectors.py
 
-## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), service, shadow mode
+## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), service, shadow mode, Ray
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_shadow.py
+	$(BIN)/python benchmarks/bench_ray.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PROTOC_VENV) $(TRITON_VENV) out .pytest_cache .ruff_cache .mypy_cache
 
 ## protos: regenerate the Python gRPC code next to the .proto sources
-protos: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos \
-		protos/latentguard/v1/guardrail.proto
+protos: $(PROTOC_STAMP)
+	$(PROTOC_VENV)/bin/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
+		--grpc_python_out=protos $(PROTOS)

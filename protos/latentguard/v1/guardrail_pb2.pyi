@@ -28,7 +28,7 @@ class GenerateRequest(_message.Message):
     drill: str
     skip_image: bool
     return_trajectory: bool
-    def __init__(self, deployment: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., drill: _Optional[str] = ..., skip_image: _Optional[bool] = ..., return_trajectory: _Optional[bool] = ...) -> None: ...
+    def __init__(self, deployment: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., drill: _Optional[str] = ..., skip_image: bool = ..., return_trajectory: bool = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("data", "dtype", "shape")
@@ -62,7 +62,7 @@ class DetectorResult(_message.Message):
     flagged: bool
     first_step: int
     error: str
-    def __init__(self, name: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., first_step: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: bool = ..., first_step: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StepReport(_message.Message):
     __slots__ = ("step", "sigma", "scores", "mean", "var", "hf_ratio", "sr_peak", "nonfinite", "guard_seconds")
@@ -133,7 +133,7 @@ class Report(_message.Message):
     timings: Timings
     profile: str
     profile_exact: bool
-    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: _Optional[bool] = ...) -> None: ...
+    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("image_png", "report", "trajectory")

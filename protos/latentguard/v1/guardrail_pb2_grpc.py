@@ -5,7 +5,7 @@ import warnings
 
 from latentguard.v1 import guardrail_pb2 as latentguard_dot_v1_dot_guardrail__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in latentguard/v1/guardrail_pb2_grpc.py depends on'
+        + f' but the generated code in latentguard/v1/guardrail_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class GuardrailStub:
+class GuardrailStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +56,7 @@ class GuardrailStub:
                 _registered_method=True)
 
 
-class GuardrailServicer:
+class GuardrailServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
@@ -117,7 +117,7 @@ def add_GuardrailServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Guardrail:
+class Guardrail(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
