@@ -22,6 +22,7 @@ Outcome = Literal["ok", "flagged", "aborted", "rejected", "error", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error", "cancelled")
 GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error", "cancelled")
 SHADOW_OUTCOMES = ("compared", "skipped", "preempted", "error")
+AUTH_FAILURE_REASONS = ("missing_token", "unknown_token", "deployment_denied", "inspect_denied")
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,12 @@ class Metrics:
             registry=registry,
         )
         self.kernel_fallbacks.set_function(lambda: len(kernel_fallbacks()))
+        self.auth_failures = Counter(
+            "latentguard_auth_failures",
+            "Calls refused by authentication or authorisation, by reason (never by token).",
+            ["reason"],
+            registry=registry,
+        )
         self.shadow_runs = Counter(
             "latentguard_shadow_runs",
             "Requests mirrored to a candidate, by outcome (compared, skipped, preempted, error).",
@@ -135,6 +142,8 @@ class Metrics:
 
     def _precreate(self, shadow_pairs: list[tuple[str, str]]) -> None:
         """Every child series at zero, so that rates and absent() work before the first request."""
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
         for baseline, candidate in shadow_pairs:
             self.shadow_divergence.labels(baseline, candidate)
             for outcome in SHADOW_OUTCOMES:
@@ -179,6 +188,9 @@ class Metrics:
 
     def observe_shadow(self, baseline: str, candidate: str, divergence: float) -> None:
         self.shadow_divergence.labels(baseline, candidate).observe(divergence)
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
 
     def shadow_outcome(self, baseline: str, candidate: str, outcome: str) -> None:
         self.shadow_runs.labels(baseline, candidate, outcome).inc()

@@ -270,7 +270,7 @@ class GuardrailService:
         call = InspectCall(self)
         try:
             yield call
-        except (asyncio.CancelledError, GeneratorExit):
+        except (asyncio.CancelledError, GeneratorExit, DeadlineExceeded):  # the client left or went silent
             call.ended("cancelled")
             raise
         except (InvalidArgument, NotFound, ResourceExhausted, Unavailable):
@@ -298,7 +298,8 @@ class InspectCall:
         if self.session is None:
             if step != -1:
                 raise InvalidArgument("the first Inspect frame must be the initial noise, with step = -1")
-            self.session = InspectSession(self.service.worker(deployment).dep, sigmas, latents)
+            dep = self.service.worker(deployment).dep
+            self.session = InspectSession(dep, sigmas, latents, self.service.settings.limits)
             return None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.service.inspect_executor, self.session.step, step, latents)

@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 
 import torch
 
 from latentguard.detectors import RequestGuard, StepVerdict
+from latentguard.server.config import Limits
 from latentguard.server.errors import InvalidArgument
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.runner import build_report
 from latentguard.server.report import Report
 
 
+def check_schedule(sigmas: list[float], max_steps: int) -> None:
+    if not 2 <= len(sigmas) <= max_steps + 1:
+        raise InvalidArgument(
+            f"the first Inspect frame must carry the sigma schedule: steps + 1 values, steps in "
+            f"[1, {max_steps}]; got {len(sigmas)} values"
+        )
+    if not all(math.isfinite(x) and x >= 0 for x in sigmas) or any(
+        a <= b for a, b in itertools.pairwise(sigmas)
+    ):
+        raise InvalidArgument("sigmas must be finite, non-negative and strictly decreasing")
+
+
 class InspectSession:
     """Sidecar mode: scores latents an external pipeline streams in, step by step."""
 
-    def __init__(self, dep: Deployment, sigmas: list[float], initial: torch.Tensor):
-        if len(sigmas) < 2:
-            raise InvalidArgument("the first Inspect frame must carry the sigma schedule (steps + 1 values)")
+    MAX_BATCH = 8
+
+    def __init__(self, dep: Deployment, sigmas: list[float], initial: torch.Tensor, limits: Limits):
+        check_schedule(sigmas, limits.max_steps)
+        channels = dep.family.latent_shape(dep.pipe, 1, 8, 8)[1]
+        side = limits.max_side // int(dep.pipe.vae_scale_factor)
+        b, c, h, w = initial.shape
+        if c != channels or not 1 <= b <= self.MAX_BATCH or max(h, w) > side:
+            raise InvalidArgument(
+                f"latents must be [B <= {self.MAX_BATCH}, {channels}, H <= {side}, W <= {side}] for "
+                f"{dep.name}, got {list(initial.shape)}"
+            )
         self.dep = dep
         self.started = time.perf_counter()
         self.guard = RequestGuard(dep.detectors, dep.policies, initial, sigmas)

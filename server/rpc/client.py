@@ -1,10 +1,11 @@
-"""Client side: a small gRPC client and the one-line diffusers callback for sidecar mode.
+"""Client side: a gRPC channel (TLS, bearer token) and the one-line diffusers callback for sidecar mode.
 
-    pipe(prompt, callback_on_step_end=InspectCallback("localhost:50051", "tiny-sd3", pipe))
+    cb = InspectCallback("localhost:50051", "tiny-sd3", pipe, initial=latents, height=256, width=256)
+    pipe(prompt, latents=latents, callback_on_step_end=cb)
 
 streams the pipeline's own latents to a running sidecar's `Inspect` and interrupts the pipeline when
-the verdict is abort. The initial noise must be known: pass the `latents=` you give the pipeline, or
-let the callback take the first step's input from the scheduler state (see `initial`).
+the verdict is abort. The initial noise must be known: pass the `latents=` you give the pipeline as
+`initial`. With `tls=ClientTls(ca=...)` and `token=...` it works against a secured sidecar.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ import torch
 
 from latentguard.server.pipelines.families import family_of
 from latentguard.server.rpc import tensors
+from latentguard.server.rpc.security import ClientTls, client_channel
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
-def channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ],
-    )
+def channel(target: str, tls: ClientTls | None = None, token: str | None = None) -> grpc.Channel:
+    """A channel to a latentguard server: plaintext, or TLS when `tls` is given; `token` goes with
+    every call as `authorization: Bearer ...` (use TLS for anything but loopback)."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
+    return client_channel(target, options, tls, token)
 
 
 def tensor_frame(latents: torch.Tensor, step: int, **fields: Any) -> pb.InspectFrame:
@@ -48,9 +50,17 @@ class InspectCallback:
     """
 
     def __init__(
-        self, target: str, deployment: str, pipe: Any, initial: torch.Tensor, height: int, width: int
+        self,
+        target: str,
+        deployment: str,
+        pipe: Any,
+        initial: torch.Tensor,
+        height: int,
+        width: int,
+        tls: ClientTls | None = None,
+        token: str | None = None,
     ):
-        self.stub = pb_grpc.GuardrailStub(channel(target))
+        self.stub = pb_grpc.GuardrailStub(channel(target, tls, token))
         self.deployment, self.pipe, self.height, self.width = deployment, pipe, height, width
         self.family = family_of(pipe)
         self.initial = initial

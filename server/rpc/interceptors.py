@@ -25,6 +25,7 @@ from latentguard.v1 import guardrail_pb2 as pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Guardrail"].full_name
+MAPPED_SERVICES = {SERVICE_NAME, "inference.GRPCInferenceService"}  # ours and the Open Inference Protocol
 
 STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,7 +46,8 @@ def status_for(exc: LatentguardError) -> grpc.StatusCode:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(f"/{SERVICE_NAME}/"):
+        service = handler_call_details.method.split("/")[1] if handler is not None else ""
+        if service not in MAPPED_SERVICES:
             return handler
 
         async def fail(exc: Exception, context: grpc.aio.ServicerContext) -> None:

@@ -18,7 +18,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from latentguard.server.config import Settings
 from latentguard.server.core.service import GuardrailService, deployment_labels
 from latentguard.server.metrics import Metrics
+from latentguard.server.rpc.auth import AuthInterceptor
 from latentguard.server.rpc.interceptors import SERVICE_NAME, ErrorMappingInterceptor
+from latentguard.server.rpc.oip import InferenceServicer, add_inference_servicer
+from latentguard.server.rpc.security import metrics_tls, server_credentials
 from latentguard.server.rpc.servicer import GuardrailServicer
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -36,19 +39,47 @@ class Server:
         )
         self.service = GuardrailService(settings, self.metrics)
         limit = settings.max_message_mb * 1024 * 1024
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+        if settings.auth.enabled:  # first: nothing reaches a servicer unauthenticated
+            interceptors.insert(0, AuthInterceptor(settings.auth, self.metrics.auth_failure))
         self.grpc = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                *settings.connections.grpc_options(),
+            ],
         )
         pb_grpc.add_GuardrailServicer_to_server(GuardrailServicer(self.service), self.grpc)
+        add_inference_servicer(InferenceServicer(self.service), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
-        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.port = self._listen(settings)
+        self.health_grpc: grpc.aio.Server | None = None
+        if settings.health_port is not None:  # plaintext, health only: for probes that cannot do TLS
+            self.health_grpc = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_grpc)
+            self.health_port = self.health_grpc.add_insecure_port(f"{settings.host}:{settings.health_port}")
         self.metrics_server: Any = None
         self._stopped = asyncio.Event()
+
+    def _listen(self, settings: Settings) -> int:
+        address = f"{settings.host}:{settings.port}"
+        try:
+            if settings.tls is not None:
+                port = self.grpc.add_secure_port(address, server_credentials(settings.tls))
+            else:
+                port = self.grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+        if not port:
+            raise OSError(
+                f"cannot listen for gRPC on {address}: the port is taken or the address is not local"
+            )
+        return port
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -61,9 +92,19 @@ class Server:
         """Open the gRPC and metrics ports; health stays NOT_SERVING and requests UNAVAILABLE until warm()."""
         await self._set_health(False)
         await self.grpc.start()
-        self.metrics_server = start_http_server(
-            self.settings.metrics_port, addr=self.settings.host, registry=self.registry
-        )
+        if self.health_grpc is not None:
+            await self.health_grpc.start()
+        try:
+            self.metrics_server = start_http_server(
+                self.settings.metrics_port,
+                addr=self.settings.host,
+                registry=self.registry,
+                **metrics_tls(self.settings.tls),
+            )
+        except OSError as exc:
+            await self.grpc.stop(0)
+            where = f"{self.settings.host}:{self.settings.metrics_port}"
+            raise OSError(f"cannot serve /metrics on {where}: {exc.strerror or exc}") from None
         self.metrics_port = self.metrics_server[0].server_address[1]
         log.info(
             "gRPC on %s:%d, metrics on :%d; warming up", self.settings.host, self.port, self.metrics_port
@@ -81,6 +122,8 @@ class Server:
         self.service.drain()
         await self._set_health(False)
         await self.grpc.stop(self.settings.grace_seconds if grace is None else grace)
+        if self.health_grpc is not None:
+            await self.health_grpc.stop(0)
         await self.service.shadow.wait()  # shadow runs stop at their next step once draining
         self.service.close()
         if self.metrics_server is not None:

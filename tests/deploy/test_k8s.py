@@ -44,16 +44,31 @@ def test_configmap_config_is_a_valid_latentguard_config(tmp_path):
     deployment = load("deployment.yaml")["spec"]["template"]["spec"]
     container = deployment["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+    assert ports == {"grpc": settings.port, "health": settings.health_port, "metrics": settings.metrics_port}
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert deployment["terminationGracePeriodSeconds"] > pre_stop + settings.grace_seconds
+
+
+def test_tls_and_tokens_come_from_secrets(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(load("configmap.yaml")["data"]["config.yaml"])
+    settings = Settings.load(cfg)
+    assert settings.tls is not None and settings.tls.client_ca and settings.auth.tokens_file
+    spec = load("deployment.yaml")["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert set(secrets) == {"tls", "tokens"}
+    for path in (settings.tls.cert, settings.tls.key, settings.tls.client_ca):
+        assert path.startswith(mounts["tls"] + "/"), path
+    assert settings.auth.tokens_file.startswith(mounts["tokens"] + "/")
 
 
 def test_deployment_probes_gpu_and_drain():
     spec = load("deployment.yaml")["spec"]["template"]["spec"]
     container = spec["containers"][0]
+    health = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == 50051, probe
+        assert container[probe]["grpc"]["port"] == health, probe  # kubelet's gRPC probe has no TLS
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["lifecycle"]["preStop"]
 
@@ -120,3 +135,34 @@ def test_compose_and_container_files_are_wired():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kserve_runtime_and_inference_service(tmp_path):
+    kserve = K8S / "kserve"
+    runtime, isvc, config = (
+        yaml.safe_load((kserve / n).read_text())
+        for n in ("servingruntime.yaml", "inferenceservice.yaml", "configmap.yaml")
+    )
+    kubernetes_validate.validate(config, KUBE_VERSIONS[-1], strict=True)
+    assert set(yaml.safe_load((kserve / "kustomization.yaml").read_text())["resources"]) == {
+        p.name for p in kserve.glob("*.yaml") if p.name != "kustomization.yaml"
+    }
+    assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ServingRuntime")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    model = isvc["spec"]["predictor"]["model"]
+    assert (
+        model["runtime"] == runtime["metadata"]["name"]
+        and model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    )
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    container = runtime["spec"]["containers"][0]
+    port = next(p for p in container["ports"] if p["name"] == "h2c")["containerPort"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["LATENTGUARD_PORT"]) == port
+    mount = container["volumeMounts"][0]
+    assert runtime["spec"]["volumes"][0]["configMap"]["name"] == config["metadata"]["name"]
+    path = tmp_path / "config.yaml"
+    path.write_text(config["data"]["config.yaml"])
+    settings = Settings.load(path)
+    assert [d.model for d in settings.deployments] == ["/mnt/models"]  # where KServe puts the model
+    assert container["args"][-1].startswith(mount["mountPath"])

@@ -9,6 +9,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from latentguard.detectors.registry import DETECTORS
+from latentguard.server.metrics import AUTH_FAILURE_REASONS
 from latentguard.server.rpc.client import channel
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
@@ -29,6 +31,7 @@ CONTRACT = {
     "latentguard_kernel_fallbacks": "gauge",
     "latentguard_shadow_runs": "counter",  # series only for configured shadow pairs
     "latentguard_shadow_divergence": "histogram",
+    "latentguard_auth_failures": "counter",
 }
 
 
@@ -49,7 +52,7 @@ def test_contract_names_exist_with_series_at_zero_before_traffic():
         f.name: f.type for f in text_string_to_metric_families(text) if f.name.startswith("latentguard")
     }
     assert families == CONTRACT
-    for outcome in ("ok", "flagged", "aborted", "rejected", "error"):
+    for outcome in ("ok", "flagged", "aborted", "rejected", "error", "cancelled"):
         assert (
             value(
                 text,
@@ -61,7 +64,7 @@ def test_contract_names_exist_with_series_at_zero_before_traffic():
             )
             == 0
         )
-    for det in ("spectral_residual", "latent_variance", "over_smoothing", "non_finite"):
+    for det in DETECTORS:
         assert (
             value(
                 text,
@@ -73,6 +76,8 @@ def test_contract_names_exist_with_series_at_zero_before_traffic():
             )
             == 0
         )
+    for reason in AUTH_FAILURE_REASONS:
+        assert value(text, "latentguard_auth_failures_total", reason=reason) == 0
     assert "prompt" not in text and "seed" not in text
     info = dict(deployment="tiny-sd3", family="sd3", variant="fp32", baseline="")
     assert value(text, "latentguard_deployment_info", **info) == 1
