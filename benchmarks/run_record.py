@@ -35,10 +35,10 @@ def append_row(path: Path, results: dict[str, float | str]) -> None:
         "device": device_name(),
         **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in results.items()},
     }
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    fields = list(dict.fromkeys(k for r in [*rows, row] for k in r))
+    with path.open("w", newline="") as f:  # columns grow as benchmarks do; old rows keep theirs
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows([*rows, row])
     print(f"appended to {path}")

@@ -1,12 +1,13 @@
 """The detector contract: fit on benign trajectories, score steps, calibrate at a target FPR, predict.
 
 A trajectory batch is a `TrajectoryStats` whose fields are [N, S, C] (N runs, S steps, C channels),
-with the S noise levels `sigmas` the steps were taken at. A subclass names the statistic it reads
-(`feature`), which side of it is risky (`direction`) and how channels combine (`reduce`); the base
-class derives the rest:
+with the S noise levels `sigmas` the steps were taken at. A subclass names what it reads (`feature`:
+[..., K], usually one value per channel, or K bands or features), which side of it is risky
+(`direction`) and how the K values combine (`reduce`: mean or max, or its own `combine`, e.g. a
+learned model); the base class derives the rest:
 
-    z[n, s, c] = direction * (f[n, s, c] - loc[s, c]) / scale[s, c]      per-step, per-channel envelope
-    r[n, s]    = reduce_c z[n, s, c]
+    z[n, s, k] = direction * (f[n, s, k] - loc[s, k]) / scale[s, k]      per-step envelope (0: |z|)
+    r[n, s]    = combine_k z[n, s, k]
     score      = (r - loc2[s]) / scale2[s]                               step-normalised score
     request    = max_s score,  flagged when > threshold
 
@@ -77,14 +78,15 @@ class Detector(ABC):
 
     @abstractmethod
     def feature(self, stats: TrajectoryStats) -> torch.Tensor:
-        """The per-channel statistic this detector watches: [..., C] from stats fields [..., C]."""
+        """What this detector watches: [..., K] from stats fields [..., C] (K = C for most)."""
 
     @property
     def is_fitted(self) -> bool:
         return self._loc is not None
 
     # --- scoring ---------------------------------------------------------------------------------
-    def _reduce(self, z: torch.Tensor) -> torch.Tensor:
+    def combine(self, z: torch.Tensor) -> torch.Tensor:
+        """[..., K] signed z-scores to one raw score per step; `reduce` unless a subclass knows better."""
         return z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
 
     def _envelope(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -96,7 +98,7 @@ class Detector(ABC):
 
     def _channel_scores(self, stats: TrajectoryStats, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         z = torch.nan_to_num((self.feature(stats).double() - loc) / scale, nan=0.0, posinf=1e6, neginf=-1e6)
-        return self._reduce(z.abs() if self.direction == 0 else self.direction * z)
+        return self.combine(z.abs() if self.direction == 0 else self.direction * z)
 
     def score(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
         """Step-normalised risk score for stats [..., C] at noise levels `sigma` [...]; higher is riskier."""
@@ -121,6 +123,11 @@ class Detector(ABC):
     # --- learning --------------------------------------------------------------------------------
     def fit(self, reference: TrajectoryStats, sigmas: list[float]) -> Detector:
         """Learn the per-step envelope from benign trajectories [N, S, C] taken at `sigmas` [S]."""
+        self.fit_envelope(reference, sigmas)
+        return self.fit_normalisation(reference, sigmas)
+
+    def fit_envelope(self, reference: TrajectoryStats, sigmas: list[float]) -> Detector:
+        """loc and scale of the feature per step."""
         s = reference.mean.shape[1]
         order = torch.argsort(torch.tensor(sigmas[:s], dtype=torch.float64))
         self._grid = torch.tensor(sigmas[:s], dtype=torch.float64)[order]
@@ -128,9 +135,18 @@ class Detector(ABC):
         self._loc = f.mean(dim=0)
         self._scale = f.std(dim=0).clamp_min(_MIN_SCALE) + _MIN_SCALE * self._loc.abs()
         self._step_envelopes.clear()
+        return self
+
+    def fit_normalisation(self, reference: TrajectoryStats, sigmas: list[float]) -> Detector:
+        """loc2 and scale2 of the combined score per step (after fit_envelope)."""
+        if self._grid is None or self._loc is None or self._scale is None:
+            raise NotFittedError(f"{self.name}: fit_envelope() first")
+        s = reference.mean.shape[1]
+        order = torch.argsort(torch.tensor(sigmas[:s], dtype=torch.float64))
         r = self._channel_scores(reference.index((slice(None), order)), self._loc, self._scale)
         self._loc2 = r.mean(dim=0)
         self._scale2 = r.std(dim=0).clamp_min(_MIN_SCALE)
+        self._step_envelopes.clear()
         return self
 
     def calibrate(self, benign: TrajectoryStats, sigmas: list[float], fpr: float) -> float:

@@ -1,25 +1,42 @@
 """Joint calibration of all detectors and the versioned calibration profile file.
 
-Operators set one false-positive rate per request for the overall verdict. Each detector is
-calibrated at a common per-detector level alpha, and alpha is the largest value (from fpr / k up to
-fpr, k detectors) at which the union "any detector flags" stays within fpr on the held-out benign
-set. The report states both the per-detector and the union rate measured there.
+Operators set one false-positive rate per request for the overall verdict: the chance that a benign
+request on a prompt calibration never saw is flagged by any detector at any step.
+
+- Envelopes are fitted on one set of prompts and thresholds set on another (the caller splits by
+  prompt: runs of one prompt are not exchangeable with runs of a new one, so thresholds set on the
+  prompts the envelopes were fitted on are optimistic for new prompts).
+- Each detector is thresholded at the split-conformal quantile of its request scores at a common
+  per-detector level alpha; alpha is the largest value (searched from fpr / k up to fpr, k detectors)
+  at which the union "any detector flags" on the held-out set stays within `union_budget(n, fpr,
+  confidence)`: the largest count of n held-out runs that a binomial with rate fpr would reach with
+  probability at most 1 - confidence. Calibrated that way, the union FPR on new prompts is below the
+  target with about that confidence (training-conditional rather than only in expectation), at the
+  price of thresholds a little higher than the plain quantile. Correlated detectors (several read
+  the spectrum) make the union much smaller than the sum, which is why the level is searched
+  jointly rather than split fpr / k ways.
+- The report states the per-detector and the union rate on the held-out set, with the union's
+  Clopper-Pearson 95% interval.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats as scipy_stats
 
 from latentguard.detectors.base import CalibrationError, Detector, conformal_threshold
-from latentguard.detectors.registry import DETECTORS, build_detectors
+from latentguard.detectors.registry import DETECTORS, detector_class
 from latentguard.kernels import TrajectoryStats
 
-PROFILE_FORMAT = "latentguard.profile/v1"
+PROFILE_FORMAT = "latentguard.profile/v2"
+DEFAULT_CONFIDENCE = 0.9
 
 
 @dataclass
@@ -30,6 +47,21 @@ class CalibrationReport:
     calibration_runs: int
     calibration_fpr: dict[str, float]
     calibration_union_fpr: float
+    union_fpr_interval: tuple[float, float] = (0.0, 1.0)  # Clopper-Pearson 95% on the held-out runs
+    union_budget: float = 0.0  # the largest held-out union rate the level search allowed
+    confidence: float = DEFAULT_CONFIDENCE
+    fit_prompts: int = 0
+    calibration_prompts: int = 0
+
+
+def clopper_pearson(flagged: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    ci = scipy_stats.binomtest(flagged, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def union_budget(n: int, fpr: float, confidence: float) -> int:
+    """The largest k with P(Binomial(n, fpr) <= k) <= 1 - confidence (at least 0)."""
+    return max(0, int(scipy_stats.binom.ppf(1 - confidence, n, fpr)) - 1)
 
 
 @dataclass
@@ -48,24 +80,36 @@ class CalibrationProfile:
 
     def build(self) -> dict[str, Detector]:
         """Fresh detector objects with this profile's state loaded."""
-        dets = build_detectors()
-        for name, det in dets.items():
-            if name not in self.detectors:
-                raise CalibrationError(f"profile for {self.deployment} has no state for detector {name!r}")
-            det.load_state_dict(self.detectors[name])
-        return dets
+        missing = set(DETECTORS) - set(self.detectors)
+        if missing:
+            raise CalibrationError(f"profile for {self.deployment} has no state for {sorted(missing)}")
+        return {name: detector_class(name)().load_state_dict(state) for name, state in self.detectors.items()}
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+        """JSON; a learned model goes to a file of its own next to it (<profile>.<detector>.onnx)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = asdict(self)
+        for name, state in raw["detectors"].items():
+            if "onnx" in state:
+                model = path.with_suffix(f".{name}.onnx")
+                model.write_bytes(base64.b64decode(state.pop("onnx")))
+                state["onnx_file"] = model.name
+        path.write_text(json.dumps(raw, indent=1) + "\n")
 
     @staticmethod
     def load(path: str | Path) -> CalibrationProfile:
-        raw = json.loads(Path(path).read_text())
+        path = Path(path)
+        raw = json.loads(path.read_text())
         if raw.get("format") != PROFILE_FORMAT:
             raise CalibrationError(
-                f"{path}: unsupported profile format {raw.get('format')!r}, expected {PROFILE_FORMAT}"
+                f"{path}: unsupported profile format {raw.get('format')!r}, expected {PROFILE_FORMAT} "
+                "(re-run `latentguard calibrate`)"
             )
+        for state in raw["detectors"].values():
+            if "onnx_file" in state:
+                state["onnx"] = base64.b64encode((path.parent / state.pop("onnx_file")).read_bytes()).decode()
+        raw["report"]["union_fpr_interval"] = tuple(raw["report"]["union_fpr_interval"])
         raw["report"] = CalibrationReport(**raw["report"])
         return CalibrationProfile(**raw)
 
@@ -77,38 +121,63 @@ def flag_matrix(
     return {name: torch.tensor([r.flagged for r in d.predict(series, sigmas)]) for name, d in dets.items()}
 
 
+def joint_level(request_scores: dict[str, torch.Tensor], fpr: float, budget: int, steps: int = 80) -> float:
+    """The largest common per-detector level whose conformal thresholds flag at most `budget` runs."""
+    k = len(request_scores)
+    lo = fpr / k
+    n = len(next(iter(request_scores.values())))
+    if math.ceil((n + 1) * (1 - lo)) > n:
+        raise CalibrationError(
+            f"{n} held-out benign runs cannot calibrate {k} detectors jointly at {fpr:.2%} (the level "
+            f"search starts at {fpr:.2%} / {k}); need at least {math.ceil(k / fpr) - 1}"
+        )
+
+    def flagged(alpha: float) -> int:
+        over = [s > conformal_threshold(s, alpha) for s in request_scores.values()]
+        return int(torch.stack(over).any(dim=0).sum())
+
+    best = lo
+    for step in range(1, steps + 1):
+        alpha = lo + (fpr - lo) * step / steps
+        if flagged(alpha) <= budget:
+            best = alpha
+    return best
+
+
 def calibrate_detectors(
-    fit_set: TrajectoryStats, cal_set: TrajectoryStats, sigmas: list[float], fpr: float
+    fit_set: TrajectoryStats,
+    cal_set: TrajectoryStats,
+    sigmas: list[float],
+    fpr: float,
+    fitted: dict[str, Detector] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[dict[str, Detector], CalibrationReport]:
-    """Fit every detector on `fit_set`, then calibrate jointly on the disjoint `cal_set`."""
+    """Fit every hand-written detector on `fit_set`, then threshold them, and any already `fitted`
+    ones (the learned classifier), jointly on the disjoint `cal_set`."""
     if not 0 < fpr < 1:
         raise CalibrationError(f"target false-positive rate must be in (0, 1), got {fpr}")
+    if not 0 < confidence < 1:
+        raise CalibrationError(f"confidence must be in (0, 1), got {confidence}")
     dets = {name: cls().fit(fit_set, sigmas) for name, cls in DETECTORS.items()}
+    dets.update(fitted or {})
     learned = {n: d for n, d in dets.items() if n != "non_finite"}
     request_scores = {n: d.trajectory_scores(cal_set, sigmas).amax(dim=1) for n, d in learned.items()}
-    n_cal = cal_set.mean.shape[0]
-
-    def union_rate(alpha: float) -> float:
-        thresholds = {n: conformal_threshold(s, alpha) for n, s in request_scores.items()}
-        flagged = torch.stack([request_scores[n] > t for n, t in thresholds.items()]).any(dim=0)
-        return float(flagged.float().mean())
-
-    lo = fpr / len(learned)
-    conformal_threshold(next(iter(request_scores.values())), lo)  # raises if cal_set is too small
-    best = lo
-    for step in range(1, 41):
-        alpha = lo + (fpr - lo) * step / 40
-        if union_rate(alpha) <= fpr:
-            best = alpha
+    n_cal = int(cal_set.mean.shape[0])
+    budget = union_budget(n_cal, fpr, confidence)
+    alpha = joint_level(request_scores, fpr, budget)
     for name, det in learned.items():
-        det.threshold = conformal_threshold(request_scores[name], best)
+        det.threshold = conformal_threshold(request_scores[name], alpha)
     flags = flag_matrix(dets, cal_set, sigmas)
+    union = torch.stack(list(flags.values())).any(dim=0)
     report = CalibrationReport(
         target_fpr=fpr,
-        per_detector_alpha=best,
+        per_detector_alpha=alpha,
         fit_runs=int(fit_set.mean.shape[0]),
-        calibration_runs=int(n_cal),
+        calibration_runs=n_cal,
         calibration_fpr={n: float(f.float().mean()) for n, f in flags.items()},
-        calibration_union_fpr=float(torch.stack(list(flags.values())).any(dim=0).float().mean()),
+        calibration_union_fpr=float(union.float().mean()),
+        union_fpr_interval=clopper_pearson(int(union.sum()), n_cal),
+        union_budget=budget / n_cal,
+        confidence=confidence,
     )
     return dets, report

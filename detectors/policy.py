@@ -24,9 +24,9 @@ class DetectorPolicy:
 
 
 def default_policies() -> dict[str, DetectorPolicy]:
-    return {
-        "spectral_residual": DetectorPolicy(),
-        "latent_variance": DetectorPolicy(),
-        "over_smoothing": DetectorPolicy(),
-        "non_finite": DetectorPolicy(Action.ABORT, OnError.FAIL_CLOSED),
-    }
+    """non_finite aborts and fails closed (a NaN image is never worth finishing); the rest annotate."""
+    from latentguard.detectors.registry import DETECTOR_NAMES
+
+    policies = {name: DetectorPolicy() for name in DETECTOR_NAMES}
+    policies["non_finite"] = DetectorPolicy(Action.ABORT, OnError.FAIL_CLOSED)
+    return policies

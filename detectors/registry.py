@@ -1,18 +1,40 @@
-"""Every detector by its contract name."""
+"""Every detector by its contract name: the hand-written ones, fitted by every calibration, and the
+learned classifier, which a profile has only when `latentguard train-classifier` made it one."""
 
 from __future__ import annotations
 
 from latentguard.detectors.base import Detector
+from latentguard.detectors.checkerboard import Checkerboard
+from latentguard.detectors.classifier import Classifier
+from latentguard.detectors.grain import Grain
 from latentguard.detectors.latent_variance import LatentVariance
 from latentguard.detectors.non_finite import NonFinite
 from latentguard.detectors.over_smoothing import OverSmoothing
 from latentguard.detectors.spectral_residual import SpectralResidual
+from latentguard.detectors.spectral_shape import SpectralShape
+from latentguard.detectors.tail import Tail
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (SpectralResidual, LatentVariance, OverSmoothing, NonFinite)
+    cls.name: cls
+    for cls in (
+        SpectralResidual,
+        LatentVariance,
+        OverSmoothing,
+        NonFinite,
+        Checkerboard,
+        Grain,
+        SpectralShape,
+        Tail,
+    )
 }
-DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
+LEARNED: dict[str, type[Detector]] = {Classifier.name: Classifier}
+DETECTOR_NAMES: tuple[str, ...] = (*DETECTORS, *LEARNED)
 
 
 def build_detectors() -> dict[str, Detector]:
+    """Fresh, unfitted instances of the hand-written detectors."""
     return {name: cls() for name, cls in DETECTORS.items()}
+
+
+def detector_class(name: str) -> type[Detector]:
+    return {**DETECTORS, **LEARNED}[name]

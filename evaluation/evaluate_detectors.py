@@ -1,133 +1,252 @@
-"""Detection evaluation on the built-in deployments: AUROC, TPR at the calibrated FPR, detection delay.
+"""Detection evaluation on the built-in deployments: benign FPR on fresh prompts, and per drill:
+AUROC, TPR at the calibrated FPR, detection delay; the learned classifier as shipped and trained
+leave-one-drill-kind-out.
 
-    python evaluation/evaluate_detectors.py [--deployments tiny-sd3,tiny-flux]
-        [--runs 200] [--benign-runs 1000] [--out results]
+    python evaluation/evaluate_detectors.py [--deployments tiny-sd3,tiny-flux,tiny-sd3-fp8,tiny-sd3-int4]
+        [--benign-runs 2000] [--runs 160] [--loo tiny-sd3,tiny-flux] [--out results]
 
-For each deployment: `--benign-runs` benign runs and, for each drill kind at each strength, `--runs`
-drilled runs, all on evaluation prompts and seeds disjoint from calibration (prompts from
-server/offline/prompts/evaluation.txt, seeds from 100000; calibration uses seeds below 1600). Injection steps
-cycle over 2, 4, 6, 8 by batch. Strength is relative to the per-channel std of x0_hat (drills.py).
-The guard runs with the shipped calibration profile, exactly as in the service (annotate-only, so
-every step is scored). Writes evaluation/<out>.md and evaluation/<out>.json.
+Everything runs on the scene grammar's "evaluation" prompts (server/offline/prompts/evaluation.txt,
+never calibrated or trained on) with seeds from 100000 (calibration uses seeds below 4000, the
+classifier's training runs 500000 and up). The guard runs with the shipped profiles exactly as in
+service (annotate-only, so every step is scored). Drill onsets cycle over 2, 4, 6, 8 by batch.
+
+- benign FPR: the fraction of benign requests with a non-pass verdict, with its Clopper-Pearson 95%
+  interval; per detector too.
+- AUROC: benign vs drilled runs, on the request's overall margin max over detectors and steps of
+  (score - threshold) ("verdict"), and on the detector built for that fault alone.
+- TPR: the fraction of drilled runs with a non-pass verdict at the calibrated thresholds; "within 2
+  steps": flagged no later than two steps after the onset.
+- image PSNR: decoded final image with the drill against the same prompt and seed without it (16
+  pairs), to say how strong a strength is in terms a person sees.
+- classifier: AUROC and TPR (at its own threshold from the profile) of the shipped model, and of a
+  model trained the same way without the row's kind ("LOO"; its threshold is set at the profile's
+  per-detector level on the benign evaluation runs, i.e. its TPR is at a matched FPR).
+Writes evaluation/<out>.md and evaluation/<out>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
 from latentguard.detectors import Drill
+from latentguard.detectors.base import conformal_threshold
+from latentguard.detectors.calibration import clopper_pearson
+from latentguard.detectors.classifier import Classifier
 from latentguard.server.config import Settings
-from latentguard.server.offline.calibrate import PROMPTS_DIR, collect, read_prompts
+from latentguard.server.offline import classifier as classifier_training
+from latentguard.server.offline.ab_stats import psnr
+from latentguard.server.offline.calibrate import CLASSIFIER_SEEDS, FIT_FRACTION, split_by_prompt
+from latentguard.server.offline.distributed import RayCollector, cluster
+from latentguard.server.offline.trajectories import LocalCollector, default_prompts, run_grid
 from latentguard.server.pipelines.deployments import load_deployment
+from latentguard.server.pipelines.runner import PipelineRunner
 
-STRENGTHS = {
-    "aliasing": (0.1, 0.25, 0.5),
-    "collapse": (0.1, 0.3, 0.5),
-    "blur": (0.2, 0.5, 0.8),
-    "nan": (0.001, 0.01),
-}
+# (kind, mode, strengths); the first block are the original drills, the second the new artifact
+# classes as model faults, the third model-fault forms of the original kinds (held out everywhere)
+ROWS = [
+    ("aliasing", "step", (0.1, 0.25, 0.5)),
+    ("collapse", "step", (0.1, 0.3, 0.5)),
+    ("blur", "step", (0.2, 0.5, 0.8)),
+    ("nan", "step", (0.001, 0.01)),
+    ("checkerboard", "model", (0.05, 0.1, 0.2)),
+    ("grain", "model", (0.1, 0.2, 0.4)),
+    ("spike", "model", (0.1, 0.3, 0.5)),
+    ("aliasing", "model", (0.1, 0.25)),
+    ("blur", "model", (0.3, 0.6)),
+    ("collapse", "model", (0.1, 0.3)),
+]
 TARGET_DETECTOR = {
     "aliasing": "spectral_residual",
     "collapse": "latent_variance",
     "blur": "over_smoothing",
     "nan": "non_finite",
+    "checkerboard": "checkerboard",
+    "grain": "grain",
+    "spike": "tail",
 }
 INJECT_STEPS = (2, 4, 6, 8)
 SEED_BASE = 100_000
+PSNR_PAIRS = 16
 HERE = Path(__file__).parent
 
 
-def margins(guards, detectors):
-    """Per run: overall margin max_d max_s (score - threshold), per-detector max score, flags per step."""
-    overall, per_det, flag_steps = [], {n: [] for n in detectors}, []
-    for g in guards:
-        mats = {n: torch.nan_to_num(g.score_matrix(n), nan=-1e9) for n in detectors}
-        over = torch.stack([mats[n] > detectors[n].threshold for n in detectors]).any(dim=0)  # [B, S]
-        overall.append(
-            torch.stack([(mats[n] - detectors[n].threshold).amax(dim=1) for n in detectors]).amax(0)
+def margins(stats, sigmas, detectors):
+    """[N] overall margin, per-detector [N] request scores, [N, S] any-flag per step."""
+    scores = {n: torch.nan_to_num(d.trajectory_scores(stats, sigmas), nan=-1e9) for n, d in detectors.items()}
+    over = torch.stack([scores[n] > detectors[n].threshold for n in detectors]).any(dim=0)
+    overall = torch.stack([(scores[n] - detectors[n].threshold).amax(dim=1) for n in detectors]).amax(0)
+    return overall, {n: s.amax(dim=1) for n, s in scores.items()}, over
+
+
+def auroc(benign: torch.Tensor, drilled: torch.Tensor) -> float:
+    y = [0] * len(benign) + [1] * len(drilled)
+    return float(roc_auc_score(y, torch.cat([benign, drilled]).clamp(-1e6, 1e6).tolist()))
+
+
+def image_psnr(dep, drill: Drill, prompts: list[str]) -> float:
+    runner, cfg, values = PipelineRunner(dep), dep.config, []
+    for i in range(PSNR_PAIRS):
+        images = []
+        for d in (None, drill):
+            run = runner.denoise(
+                [prompts[i]],
+                [SEED_BASE + i],
+                cfg.steps,
+                cfg.height,
+                cfg.width,
+                cfg.guidance_scale,
+                detectors={},
+                policies={},
+                drill=d,
+            )
+            if not torch.isfinite(run.latents).all():
+                return float("nan")
+            images.append(np.asarray(dep.family.decode(dep.pipe, run.latents)[0]))
+        values.append(psnr(images[1], images[0]))
+    return float(np.mean([v for v in values if math.isfinite(v)] or [math.inf]))
+
+
+def loo_classifiers(dep, source, kinds: list[str], benign_eval) -> dict[str, Classifier]:
+    """Per held-out kind: a classifier trained as the shipped one is (same runs, same procedure)
+    but without that kind, thresholded at the profile's per-detector level on the benign
+    evaluation runs (FPR-matched)."""
+    fit_prompts, _ = split_by_prompt(default_prompts("calibration"), FIT_FRACTION)
+    runs = run_grid(fit_prompts, 1, first_seed=CLASSIFIER_SEEDS)
+    data, sigmas = classifier_training.training_runs(source, runs)
+    benign_train = data.stats.index(torch.tensor([k == "" for k in data.kinds]))
+    level = dep.profile.report.per_detector_alpha
+    out = {}
+    for kind in kinds:
+        clf = Classifier().fit_envelope(benign_train, sigmas)
+        clf.set_model(classifier_training.train(clf, data.without(kind), sigmas))
+        clf.fit_normalisation(benign_train, sigmas)
+        clf.threshold = conformal_threshold(
+            clf.trajectory_scores(benign_eval.stats, benign_eval.sigmas).amax(dim=1), level
         )
-        for n in detectors:
-            per_det[n].append(mats[n].amax(dim=1))
-        flag_steps.append(over)
-    return torch.cat(overall), {n: torch.cat(v) for n, v in per_det.items()}, flag_steps
+        out[kind] = clf
+        print(f"  LOO classifier without {kind} trained", file=sys.stderr)
+    return out
 
 
-def evaluate(name: str, runs: int, benign_runs: int, batch: int) -> list[dict]:
-    cfg = next(d for d in Settings().deployments if d.name == name)
-    dep = load_deployment(cfg)
+def evaluate(
+    name: str, runs: int, benign_runs: int, batch: int, loo: bool, ray: tuple
+) -> tuple[dict, list[dict]]:
+    dep = load_deployment(Settings().deployment(name))
     assert dep.profile is not None, f"{name} has no shipped profile"
-    prompts = read_prompts(PROMPTS_DIR / "evaluation.txt")
+    address, workers = ray
+    source = RayCollector(Settings(), name, workers, batch) if address else LocalCollector(dep, batch)
+    detectors = dep.detectors
+    prompts = default_prompts("evaluation")
     pairs = [(prompts[i % len(prompts)], SEED_BASE + i) for i in range(max(runs, benign_runs))]
     t0 = time.time()
-    benign = collect(dep, pairs[:benign_runs], detectors=dep.detectors, batch_size=batch)
-    b_margin, b_det, _ = margins(benign.guards, dep.detectors)
-    benign_fpr = float((b_margin > 0).float().mean())
-    elapsed = time.time() - t0
-    print(f"{name}: benign {benign_runs} runs in {elapsed:.0f}s, FPR {benign_fpr:.3f}", file=sys.stderr)
+    benign = source.collect(pairs[:benign_runs])
+    b_margin, b_det, _ = margins(benign.stats, benign.sigmas, detectors)
+    flagged = int((b_margin > 0).sum())
+    summary = {
+        "deployment": name,
+        "benign_runs": benign_runs,
+        "benign_fpr": flagged / benign_runs,
+        "benign_fpr_interval": clopper_pearson(flagged, benign_runs),
+        "per_detector_fpr": {n: float((s > detectors[n].threshold).float().mean()) for n, s in b_det.items()},
+        "target_fpr": dep.profile.report.target_fpr,
+    }
+    print(
+        f"{name}: benign {benign_runs} runs in {time.time() - t0:.0f}s, FPR {summary['benign_fpr']:.4f}",
+        file=sys.stderr,
+    )
+    clf = detectors.get("onnx_classifier")
+    loo_models = loo_classifiers(dep, source, sorted({k for k, _, _ in ROWS}), benign) if loo else {}
+    loo_benign = {
+        k: c.trajectory_scores(benign.stats, benign.sigmas).amax(dim=1) for k, c in loo_models.items()
+    }
     rows = []
-    for kind, strengths in STRENGTHS.items():
+    for kind, mode, strengths in ROWS:
         for strength in strengths:
             t0 = time.time()
-            drills = [Drill(kind, step=s, strength=strength) for s in INJECT_STEPS]  # type: ignore[arg-type]
-            got = collect(
-                dep, pairs, detectors=dep.detectors, batch_size=batch, drill=lambda b, d=drills: d[b % len(d)]
-            )
-            p_margin, p_det, p_flags = margins(got.guards, dep.detectors)
+            drills = [Drill(kind, step=s, strength=strength, mode=mode) for s in INJECT_STEPS]  # type: ignore[arg-type]
+            got = source.collect(pairs[:runs], drill=drills)
+            p_margin, p_det, p_flags = margins(got.stats, got.sigmas, detectors)
             delays = []
-            for b, flags in enumerate(p_flags):
-                inj = drills[b % len(drills)].step
-                for row in flags[:, inj:]:
-                    hit = row.nonzero()
-                    delays.append(int(hit[0]) if hit.numel() else None)
+            for i, row in enumerate(p_flags):
+                onset = drills[(i // batch) % len(drills)].step
+                hit = row[onset:].nonzero()
+                delays.append(int(hit[0]) if hit.numel() else None)
             detected = [d for d in delays if d is not None]
-            y = [0] * len(b_margin) + [1] * len(p_margin)
             target = TARGET_DETECTOR[kind]
-            row = {
+            result = {
                 "deployment": name,
                 "drill": kind,
+                "mode": mode,
                 "strength": strength,
-                "benign_runs": len(b_margin),
                 "drilled_runs": len(p_margin),
-                "auroc": float(roc_auc_score(y, torch.cat([b_margin, p_margin]).tolist())),
-                "auroc_target_detector": float(
-                    roc_auc_score(y, torch.cat([b_det[target], p_det[target]]).tolist())
-                ),
+                "image_psnr_db": image_psnr(dep, drills[0], prompts),
+                "auroc": auroc(b_margin, p_margin),
+                "auroc_target_detector": auroc(b_det[target], p_det[target]),
                 "target_detector": target,
                 "tpr": float((p_margin > 0).float().mean()),
-                "benign_fpr": benign_fpr,
-                "delay_median": float(torch.tensor(detected, dtype=torch.float).median())
-                if detected
-                else None,
                 "within_2_steps": sum(d <= 2 for d in detected) / len(delays),
+                "delay_median": float(np.median(detected)) if detected else None,
             }
-            rows.append(row)
+            if clf is not None:
+                result["classifier_auroc"] = auroc(b_det[clf.name], p_det[clf.name])
+                result["classifier_tpr"] = float((p_det[clf.name] > clf.threshold).float().mean())
+            if kind in loo_models:
+                held = loo_models[kind]
+                scores = held.trajectory_scores(got.stats, got.sigmas).amax(dim=1)
+                result["loo_auroc"] = auroc(loo_benign[kind], scores)
+                result["loo_tpr"] = float((scores > held.threshold).float().mean())
+            rows.append(result)
             print(
-                f"  {kind}@{strength}: AUROC {row['auroc']:.4f} TPR {row['tpr']:.3f} "
-                f"delay {row['delay_median']} ({time.time() - t0:.0f}s)",
+                f"  {kind}/{mode}@{strength}: AUROC {result['auroc']:.4f} TPR {result['tpr']:.3f} "
+                f"PSNR {result['image_psnr_db']:.1f} ({time.time() - t0:.0f}s)",
                 file=sys.stderr,
             )
-    return rows
+    return summary, rows
 
 
-def to_markdown(rows: list[dict]) -> str:
+def fmt(x, spec: str) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def to_markdown(summaries: list[dict], rows: list[dict]) -> str:
     lines = [
-        "| deployment | drill | strength | AUROC (verdict) | AUROC (target detector) | TPR @ calibrated FPR "
-        "| benign FPR | median delay (steps) | detected within 2 steps |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| deployment | benign runs | benign FPR (target) | 95% interval | per detector |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        lo, hi = s["benign_fpr_interval"]
+        per = ", ".join(f"{n} {v:.4f}" for n, v in s["per_detector_fpr"].items() if v > 0) or "none"
+        lines.append(
+            f"| {s['deployment']} | {s['benign_runs']} | {s['benign_fpr']:.4f} ({s['target_fpr']:g}) "
+            f"| [{lo:.4f}, {hi:.4f}] | {per} |"
+        )
+    lines += [
+        "",
+        "| deployment | drill | mode | strength | image PSNR (dB) | AUROC (verdict) "
+        "| AUROC (target detector) | TPR @ calibrated FPR | within 2 steps | median delay "
+        "| classifier AUROC / TPR | LOO classifier AUROC / TPR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        clf = f"{fmt(r.get('classifier_auroc'), '.4f')} / {fmt(r.get('classifier_tpr'), '.3f')}"
+        loo = (
+            f"{fmt(r.get('loo_auroc'), '.4f')} / {fmt(r.get('loo_tpr'), '.3f')}" if "loo_auroc" in r else "-"
+        )
+        target = f"{r['auroc_target_detector']:.4f} ({r['target_detector']})"
         lines.append(
-            f"| {r['deployment']} | {r['drill']} | {r['strength']:g} | {r['auroc']:.4f} | "
-            f"{r['auroc_target_detector']:.4f} ({r['target_detector']}) | {r['tpr']:.3f} | "
-            f"{r['benign_fpr']:.3f} | "
-            f"{r['delay_median']} | {r['within_2_steps']:.3f} |"
+            f"| {r['deployment']} | {r['drill']} | {r['mode']} | {r['strength']:g} "
+            f"| {fmt(r['image_psnr_db'], '.1f')} | {r['auroc']:.4f} | {target} | {r['tpr']:.3f} "
+            f"| {r['within_2_steps']:.3f} | {fmt(r['delay_median'], '.1f')} | {clf} | {loo} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -136,18 +255,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--deployments", default="tiny-sd3,tiny-flux")
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--benign-runs", type=int, default=1000)
+    parser.add_argument("--deployments", default="tiny-sd3,tiny-flux,tiny-sd3-fp8,tiny-sd3-int4")
+    parser.add_argument("--runs", type=int, default=160, help="drilled runs per drill and strength")
+    parser.add_argument("--benign-runs", type=int, default=2000)
+    parser.add_argument(
+        "--loo", default="tiny-sd3,tiny-flux", help="deployments with leave-one-out classifiers"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--out", default="results", help="output name under evaluation/ (.md and .json)")
+    parser.add_argument("--ray", default=None, help="run on Ray: 'local' or an address for ray.init")
+    parser.add_argument("--ray-workers", type=int, default=2)
     args = parser.parse_args()
-    rows = []
-    for name in args.deployments.split(","):
-        rows += evaluate(name, args.runs, args.benign_runs, args.batch)
-    (HERE / f"{args.out}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (HERE / f"{args.out}.md").write_text(to_markdown(rows))
-    print(to_markdown(rows))
+    summaries, rows = [], []
+    ray = (args.ray, args.ray_workers)
+    with cluster(*ray) if args.ray else nullcontext():
+        for name in args.deployments.split(","):
+            summary, got = evaluate(
+                name, args.runs, args.benign_runs, args.batch, name in args.loo.split(","), ray
+            )
+            summaries.append(summary)
+            rows += got
+            results = {"benign": summaries, "drills": rows}
+            (HERE / f"{args.out}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (HERE / f"{args.out}.md").write_text(to_markdown(summaries, rows))
+    print(to_markdown(summaries, rows))
 
 
 if __name__ == "__main__":

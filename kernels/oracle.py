@@ -7,6 +7,7 @@ Nothing here is tuned: full `fft2`, `torch.roll` for the periodic 3x3 box, one m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from latentguard.kernels.stats import (
     EPS_ABS,
     EPS_REL,
+    PARITY_PATTERNS,
     RADIAL_BINS,
     TrajectoryStats,
     check_shape,
@@ -42,14 +44,27 @@ def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
     peak = residual.argmax()
     has_band = bool(hf.any())
     profile = torch.stack([power[bins == k].sum() for k in range(RADIAL_BINS)]) / total
+    zero = torch.zeros((), dtype=x.dtype)
+    sq = centred.square()
+    var = sq.mean()
+    phases = torch.stack(
+        [sq[a::2, b::2].mean() if sq[a::2, b::2].numel() else zero for a in (0, 1) for b in (0, 1)]
+    )
+    contrasts = torch.tensor(PARITY_PATTERNS, dtype=x.dtype) @ phases
+    eps = EPS_REL * total / (h * w) + EPS_ABS
+    flatness = torch.exp(torch.log(power[hf] + eps).mean()) / (power[hf].mean() + eps) if has_band else zero
     return [
         mean,
-        centred.square().mean(),
+        var,
         power[hf].sum() / total,
-        residual[peak] if has_band else torch.zeros((), dtype=x.dtype),
-        radius.flatten()[peak] if has_band else torch.zeros((), dtype=x.dtype),
+        residual[peak] if has_band else zero,
+        radius.flatten()[peak] if has_band else zero,
         profile,
         (~finite).sum(),
+        contrasts.abs().max() / phases.sum().clamp_min(EPS_ABS),
+        flatness,
+        centred.abs().max() / (var + EPS_ABS).sqrt(),
+        sq.square().mean() / (var.square() + EPS_ABS),
     ]
 
 
@@ -58,13 +73,6 @@ def trajectory_stats_oracle(x: torch.Tensor, dtype: torch.dtype = torch.float64)
     check_shape(tuple(x.shape))
     b, c = x.shape[:2]
     planes = [_plane_stats(x[i, j].to(dtype)) for i in range(b) for j in range(c)]
-    fields = [torch.stack([p[k] for p in planes]) for k in range(7)]
-    return TrajectoryStats(
-        mean=fields[0].reshape(b, c),
-        var=fields[1].reshape(b, c),
-        hf_ratio=fields[2].reshape(b, c),
-        sr_peak=fields[3].reshape(b, c),
-        sr_freq=fields[4].reshape(b, c),
-        radial_profile=fields[5].reshape(b, c, RADIAL_BINS),
-        nonfinite=fields[6].reshape(b, c),
-    )
+    names = [f.name for f in dataclasses.fields(TrajectoryStats)]
+    stacked = {n: torch.stack([p[k] for p in planes]) for k, n in enumerate(names)}
+    return TrajectoryStats(**{n: v.reshape(b, c, *v.shape[1:]) for n, v in stacked.items()})

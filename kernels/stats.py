@@ -16,6 +16,11 @@ EPS_REL = 1e-10
 EPS_ABS = 1e-30
 
 
+#: Signs of the 2 x 2 polyphase components (order 00, 01, 10, 11) for the checkerboard (-1)^(i+j),
+#: row (-1)^i and column (-1)^j patterns.
+PARITY_PATTERNS = ((1.0, -1.0, -1.0, 1.0), (1.0, 1.0, -1.0, -1.0), (1.0, -1.0, 1.0, -1.0))
+
+
 def check_shape(shape: tuple[int, ...]) -> None:
     if len(shape) != 4:
         raise ValueError(f"trajectory_stats expects [B, C, H, W], got shape {tuple(shape)}")
@@ -45,6 +50,17 @@ class TrajectoryStats:
     sr_freq          radial frequency (cycles/pixel) where that peak sits
     radial_profile   [B, C, RADIAL_BINS] fraction of spectral energy per radial bin
     nonfinite        count of NaN/Inf values (int64)
+    phase_imbalance  energy imbalance between the 2 x 2 polyphase components: with m_ab the mean of
+                     (x - mean)^2 over the pixels (i, j) with (i mod 2, j mod 2) = (a, b),
+                     max over the patterns s in PARITY_PATTERNS of |sum s_ab m_ab| / sum m_ab. It is
+                     the DFT of (x - mean)^2 at that pattern's Nyquist frequency relative to its DC,
+                     i.e. how much the spectrum correlates with its own replica mirrored about
+                     Nyquist: a multiplicative 2-periodic modulation x (1 + a s) makes it about 2a
+                     on any content; an additive one shows in sr_peak instead.
+    hf_flatness      spectral flatness (geometric over arithmetic mean of power) in the band
+                     r >= HF_CUTOFF: near 0.56 for white noise, low for structured content
+    crest            max |x - mean| / std (finite overflow and saturation raise it)
+    kurtosis         mean (x - mean)^4 / var^2 (3 for Gaussian values)
     """
 
     mean: torch.Tensor
@@ -54,6 +70,10 @@ class TrajectoryStats:
     sr_freq: torch.Tensor
     radial_profile: torch.Tensor
     nonfinite: torch.Tensor
+    phase_imbalance: torch.Tensor
+    hf_flatness: torch.Tensor
+    crest: torch.Tensor
+    kurtosis: torch.Tensor
 
     def to(self, device: str | torch.device) -> TrajectoryStats:
         return TrajectoryStats(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

@@ -12,6 +12,9 @@ For x of shape [B, C, H, W] (any float dtype, or a PackedInt4; upcast to fp32 on
     R      = L - box3x3(L)                 box over the periodic full spectrum (Hou & Zhang 2007)
     sr     = max R / 2 over r >= HF_CUTOFF, sr_freq its radial frequency
     prof_k = sum(P in radial bin k) / sum(P)
+    flat   = exp(mean of log(P + eps) over r >= HF_CUTOFF) / (mean P there + eps)  (one more matvec)
+    spatial: Xc = x - m; the 2 x 2 polyphase means of Xc^2 (one strided reduction when H and W are
+    even), crest = max |Xc| / std and kurtosis = mean Xc^4 / var^2 by vector norms: three passes
 
 The 3x3 neighbourhood of a half-spectrum column 0 or W//2 reaches into the other half; by conjugate
 symmetry |F[k, -j]| = |F[-k, j]|, so those columns are the neighbours mirrored in k. One gather
@@ -24,18 +27,27 @@ over channels, in-place epilogue. `oracle.py` has the same statistics computed t
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
 from latentguard.kernels.packing import PackedInt4, unpack_int4
-from latentguard.kernels.stats import EPS_ABS, EPS_REL, RADIAL_BINS, TrajectoryStats, radial_bands
+from latentguard.kernels.stats import (
+    EPS_ABS,
+    EPS_REL,
+    PARITY_PATTERNS,
+    RADIAL_BINS,
+    TrajectoryStats,
+    radial_bands,
+)
 
 
 @functools.lru_cache(maxsize=32)
 def spectrum_geometry(
     h: int, w: int, device: str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(radius [H*Wr], band offset [H, Wr], band matrix [RADIAL_BINS + 2, H*Wr], box gather index).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(radius [H*Wr], band offset [H, Wr], band matrix [RADIAL_BINS + 2, H*Wr], box gather index,
+    number of full-spectrum bins in the high-frequency band).
 
     The band offset is 0 in the high-frequency band and -inf outside (added before the peak search).
     The band matrix maps a flattened half-spectrum power to (total, high-frequency, bins...) with the
@@ -69,6 +81,7 @@ def spectrum_geometry(
         offset.float().to(device),
         bands.float().to(device),
         index.flatten().to(device),
+        float(bands[1].sum()),
     )
 
 
@@ -88,7 +101,7 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         plane_sums = xf.sum(dim=(-2, -1))
     mean = plane_sums / (h * w)
 
-    radius, band_offset, bands, box_index = spectrum_geometry(h, w, str(x.device))
+    radius, band_offset, bands, box_index, hf_count = spectrum_geometry(h, w, str(x.device))
     ri = torch.view_as_real(torch.fft.rfft2(xf))
     power = torch.addcmul(ri[..., 0].square(), ri[..., 1], ri[..., 1])
     power[:, 0, 0] = 0.0
@@ -103,6 +116,7 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
     eps = EPS_REL * total / (h * w) + EPS_ABS
     lp = power.add_(eps[:, None, None]).log_()
     lp[:, 0, 0] = (flat @ bands[0] - lp[:, 0, 0]) / max(h * w - 1, 1)
+    hf_log = flat @ bands[1]  # sum of log power over the high-frequency band (DC is not in it)
     ext = flat.index_select(1, box_index).view(n, h + 2, wr + 2)
     rows = ext[:, :-2] + ext[:, 1:-1]
     rows += ext[:, 2:]
@@ -114,6 +128,10 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
     if not bool(torch.isfinite(band_offset).any()):
         sr_peak, sr_freq = torch.zeros_like(sr_peak), torch.zeros_like(sr_freq)
 
+    hf_flatness = torch.zeros_like(total)
+    if hf_count > 0:
+        hf_flatness = torch.exp(hf_log / hf_count) / (sums[:, 1] / hf_count + eps)
+    phase_imbalance, crest, kurtosis = _spatial_stats(xf - mean[:, None, None])
     return TrajectoryStats(
         mean=mean.reshape(b, c),
         var=var.reshape(b, c),
@@ -122,4 +140,32 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         sr_freq=sr_freq.reshape(b, c),
         radial_profile=profile.reshape(b, c, RADIAL_BINS),
         nonfinite=nonfinite.reshape(b, c),
+        phase_imbalance=phase_imbalance.reshape(b, c),
+        hf_flatness=hf_flatness.reshape(b, c),
+        crest=crest.reshape(b, c),
+        kurtosis=kurtosis.reshape(b, c),
     )
+
+
+def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(phase_imbalance, crest, kurtosis) of centred planes [n, H, W]: three passes over the values."""
+    n, h, w = xc.shape
+    sq = xc.square()
+    if h % 2 == 0 and w % 2 == 0:  # the 2 x 2 phases as one strided reduction
+        phases = sq.view(n, h // 2, 2, w // 2, 2).mean(dim=(1, 3)).reshape(n, 4)
+    else:
+        zero = sq.new_zeros(n)
+        phases = torch.stack(
+            [
+                sq[:, a::2, b::2].mean(dim=(-2, -1)) if a < h and b < w else zero
+                for a in (0, 1)
+                for b in (0, 1)
+            ],
+            dim=1,
+        )
+    patterns = torch.tensor(PARITY_PATTERNS, dtype=sq.dtype, device=sq.device)
+    imbalance = (phases @ patterns.t()).abs().amax(dim=1) / phases.sum(dim=1).clamp_min(EPS_ABS)
+    var = sq.mean(dim=(-2, -1))
+    fourth = torch.linalg.vector_norm(sq, 2, dim=(-2, -1)).square() / (h * w)
+    crest = torch.linalg.vector_norm(xc, math.inf, dim=(-2, -1)) / (var + EPS_ABS).sqrt()
+    return imbalance, crest, fourth / (var.square() + EPS_ABS)

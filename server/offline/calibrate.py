@@ -1,126 +1,86 @@
-"""Benign (and drilled) trajectory collection over prompt x seed grids, and profile calibration."""
+"""Calibration of a deployment: benign runs on calibration prompts, split by prompt into a fit set
+(envelopes) and a held-out set (joint thresholds), optionally the learned classifier, and the
+profile file."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import random
 from pathlib import Path
 
-from latentguard.detectors import CalibrationProfile, Detector, Drill, RequestGuard, calibrate_detectors
-from latentguard.detectors.policy import DetectorPolicy
-from latentguard.kernels import TrajectoryStats
-from latentguard.server.pipelines.deployments import Deployment
-from latentguard.server.pipelines.runner import PipelineRunner
+from latentguard.detectors import CalibrationProfile, Detector, calibrate_detectors
+from latentguard.detectors.calibration import DEFAULT_CONFIDENCE
+from latentguard.detectors.classifier import Classifier
+from latentguard.server.offline import classifier as classifier_training
+from latentguard.server.offline.trajectories import Collector, Progress, run_grid
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
-Progress = Callable[[int], None]  # called with the number of runs just finished
-
-
-def default_prompts(split: str) -> list[str]:
-    """The shipped prompt set of a split: "calibration" or "evaluation" (disjoint)."""
-    return read_prompts(PROMPTS_DIR / f"{split}.txt")
+FIT_FRACTION = 1 / 3  # of the prompts; the other two thirds set the thresholds
+CLASSIFIER_SEEDS = 500_000  # first seed of the classifier's training runs (calibration runs start at 0)
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
-    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts (one per line; '#' starts a comment)")
-    return prompts
+def split_by_prompt(prompts: list[str], fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(fit prompts, held-out prompts): disjoint, drawn at random from the distinct prompts."""
+    distinct = list(dict.fromkeys(prompts))
+    random.Random(seed).shuffle(distinct)
+    cut = max(1, round(len(distinct) * fraction))
+    if cut >= len(distinct):
+        raise ValueError(f"{len(distinct)} distinct prompts cannot be split into a fit and a held-out set")
+    return distinct[:cut], distinct[cut:]
 
 
-def run_grid(prompts: list[str], seeds_per_prompt: int, first_seed: int = 0) -> list[tuple[str, int]]:
-    """Every prompt with `seeds_per_prompt` seeds, every run its own seed.
-
-    Distinct seeds matter: the initial noise dominates the latent statistics, so reusing seeds
-    0..N-1 for every prompt would calibrate on only N noise draws.
-    """
-    return [
-        (p, first_seed + i * seeds_per_prompt + j)
-        for i, p in enumerate(prompts)
-        for j in range(seeds_per_prompt)
-    ]
-
-
-def _batches(items: list[tuple[str, int]], size: int) -> Iterator[list[tuple[str, int]]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-@dataclass
-class Collected:
-    stats: TrajectoryStats  # fields [N, S, ...]
-    sigmas: list[float]
-    guards: list[RequestGuard]
-
-
-def collect(
-    dep: Deployment,
-    runs: list[tuple[str, int]],
-    *,
-    steps: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    drill: Drill | Callable[[int], Drill | None] | None = None,
-    detectors: dict[str, Detector] | None = None,
-    batch_size: int = 8,
-    progress: Progress | None = None,
-) -> Collected:
-    """Run (prompt, seed) pairs in batches, annotate-only, keeping per-step stats (not latents).
-
-    `drill` may be a function of the batch index, so one collection can spread injection steps.
-    """
-    cfg = dep.config
-    runner = PipelineRunner(dep)
-    policies = {name: DetectorPolicy() for name in (detectors or {})}
-    parts, guards, sigmas = [], [], []
-    for b, batch in enumerate(_batches(runs, batch_size)):
-        this_drill = drill(b) if callable(drill) else drill
-        guard = runner.denoise(
-            [p for p, _ in batch],
-            [s for _, s in batch],
-            steps or cfg.steps,
-            height or cfg.height,
-            width or cfg.width,
-            cfg.guidance_scale,
-            detectors=detectors or {},
-            policies=policies,
-            drill=this_drill,
-        ).guard
-        parts.append(guard.monitor.stacked())
-        guards.append(guard)
-        sigmas = guard.sigmas
-        if progress is not None:
-            progress(len(batch))
-    return Collected(TrajectoryStats.cat(parts, dim=0), sigmas, guards)
+def planned_runs(prompts: list[str], seeds_per_prompt: int, with_classifier: bool) -> int:
+    """How many pipeline runs calibrate_deployment makes (for progress bars)."""
+    fit_prompts, cal_prompts = split_by_prompt(prompts, FIT_FRACTION)
+    runs = (len(fit_prompts) + len(cal_prompts)) * seeds_per_prompt
+    if with_classifier:
+        drilled = len(classifier_training.training_drills()) * classifier_training.RUNS_PER_DRILL
+        runs += len(fit_prompts) + drilled
+    return runs
 
 
 def calibrate_deployment(
-    dep: Deployment,
+    source: Collector,
     prompts: list[str],
     seeds_per_prompt: int,
     fpr: float,
     out: str | Path,
-    batch_size: int = 8,
+    *,
+    with_classifier: bool = False,
+    confidence: float = DEFAULT_CONFIDENCE,
     progress: Progress | None = None,
 ) -> CalibrationProfile:
-    """Benign runs (seeds 0 .. len(prompts) * seeds_per_prompt - 1) split alternately into a fit half
-    and a held-out calibration half."""
-    cfg = dep.config
-    collected = collect(dep, run_grid(prompts, seeds_per_prompt), batch_size=batch_size, progress=progress)
-    fit_set, cal_set = collected.stats.index(slice(0, None, 2)), collected.stats.index(slice(1, None, 2))
-    detectors, report = calibrate_detectors(fit_set, cal_set, collected.sigmas, fpr)
+    """Every run its own seed; envelopes on a third of the prompts, thresholds on the rest, so the
+    held-out rate is that of prompts the envelopes never saw. With `with_classifier`, the learned
+    detector is trained on drilled and benign runs of the fit prompts (other seeds) and thresholded
+    jointly with the rest."""
+    cfg = source.config
+    fit_prompts, cal_prompts = split_by_prompt(prompts, FIT_FRACTION)
+    grid = run_grid(fit_prompts + cal_prompts, seeds_per_prompt)
+    fit_runs, cal_runs = (
+        grid[: len(fit_prompts) * seeds_per_prompt],
+        grid[len(fit_prompts) * seeds_per_prompt :],
+    )
+    fit = source.collect(fit_runs, progress=progress)
+    cal = source.collect(cal_runs, progress=progress)
+    fitted: dict[str, Detector] = {}
+    if with_classifier:
+        clf = Classifier().fit_envelope(fit.stats, fit.sigmas)
+        train_runs = run_grid(fit_prompts, 1, first_seed=CLASSIFIER_SEEDS)
+        data, sigmas = classifier_training.training_runs(source, train_runs, progress=progress)
+        clf.set_model(classifier_training.train(clf, data, sigmas)).fit_normalisation(fit.stats, fit.sigmas)
+        fitted[clf.name] = clf
+    detectors, report = calibrate_detectors(fit.stats, cal.stats, fit.sigmas, fpr, fitted, confidence)
+    report.fit_prompts, report.calibration_prompts = len(fit_prompts), len(cal_prompts)
     profile = CalibrationProfile(
         deployment=cfg.name,
-        fingerprint=dep.fingerprint,
+        fingerprint=source.fingerprint,
         steps=cfg.steps,
         height=cfg.height,
         width=cfg.width,
         guidance_scale=cfg.guidance_scale,
-        sigmas=collected.sigmas,
+        sigmas=fit.sigmas,
         detectors={name: det.state_dict() for name, det in detectors.items()},
         report=report,
-        notes={"prompts": len(prompts), "seeds_per_prompt": seeds_per_prompt},
+        notes={"prompts": len(fit_prompts) + len(cal_prompts), "seeds_per_prompt": seeds_per_prompt},
     )
     profile.save(out)
     return profile

@@ -8,6 +8,7 @@ unpacked to [B, C, H, W] by the family's helper only where a callback needs them
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -36,20 +37,49 @@ class _LatentsCallback(PipelineCallback):
 
 
 class DrillCallback(_LatentsCallback):
-    """Moves the latents after step `drill.step` so that this step's x0_hat changes by the drill's
-    delta (x0_to_latent_delta); the rest of the trajectory carries the fault on."""
+    """Fault injection (detectors/drills.py). Step mode: moves the latents after step `drill.step` so
+    that this step's x0_hat becomes T(x0_hat) (x0_to_latent_delta); the trajectory carries it on.
+    Model mode: a forward hook on the denoiser rewrites every call from `drill.step` on so that its
+    prediction of the clean latents, x0 = x_t - sigma v, becomes T(x0). The hook acts only on calls
+    from the thread that runs this request, and `close` removes it."""
 
     def __init__(
-        self, family: FamilyOps, height: int, width: int, drill: Drill, noise: torch.Tensor, seed: int
+        self,
+        family: FamilyOps,
+        height: int,
+        width: int,
+        drill: Drill,
+        noise: torch.Tensor,
+        seed: int,
+        pipe: Pipeline,
     ):
         super().__init__(family, height, width)
-        self.drill = drill
+        self.drill, self.pipe = drill, pipe
         self.previous = family.to_pipeline(noise)  # pipeline layout; unpacked only at the drill step
         self.generator = torch.Generator("cpu").manual_seed(seed)
+        self.model_step = 0  # the step the denoiser's next call belongs to
+        self.thread = threading.get_ident()
+        self.handle = None
+        if drill.mode == "model":
+            self.handle = pipe.transformer.register_forward_hook(self._rewrite, with_kwargs=True)
+
+    def _rewrite(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if threading.get_ident() != self.thread or self.model_step < self.drill.step:
+            return output
+        v = output[0] if isinstance(output, tuple) else output.sample
+        sigma = schedule(self.pipe)[self.model_step]
+        x_t = self.unpack(kwargs["hidden_states"], self.pipe).float()
+        x0 = self.drill.transform(x_t - sigma * self.unpack(v, self.pipe).float(), self.generator)
+        faulty = self.family.to_pipeline(((x_t - x0) / sigma).to(v.dtype))
+        if isinstance(output, tuple):
+            return (faulty, *output[1:])
+        output.sample = faulty
+        return output
 
     def callback_fn(self, pipe: Pipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.model_step = step + 1
         latents = kwargs["latents"]
-        if step == self.drill.step:
+        if self.drill.mode == "step" and step == self.drill.step:
             sigma, sigma_next = schedule(pipe)[step : step + 2]
             current = self.unpack(latents, pipe)
             x0_hat = denoised_estimate(self.unpack(self.previous, pipe), current, sigma, sigma_next)
@@ -58,6 +88,11 @@ class DrillCallback(_LatentsCallback):
             kwargs = {**kwargs, "latents": latents}
         self.previous = latents
         return kwargs
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
 
 class GuardCallback(_LatentsCallback):

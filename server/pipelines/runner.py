@@ -82,25 +82,26 @@ class PipelineRunner:
             on_step,
         )
         recorder = RecordCallback(family, height, width, noise) if record else None
-        callbacks = [
-            *([DrillCallback(family, height, width, drill, noise, seeds[0])] if drill else []),
-            guard,
-            *([recorder] if recorder else []),
-        ]
+        fault = DrillCallback(family, height, width, drill, noise, seeds[0], dep.pipe) if drill else None
+        callbacks = [*([fault] if fault else []), guard, *([recorder] if recorder else [])]
         extra = {}
         if dep.config.max_sequence_length is not None:
             extra["max_sequence_length"] = dep.config.max_sequence_length
-        out = dep.pipe(
-            prompt=prompts,
-            num_inference_steps=steps,
-            height=height,
-            width=width,
-            guidance_scale=guidance_scale,
-            latents=family.to_pipeline(noise),
-            output_type="latent",
-            callback_on_step_end=MultiPipelineCallbacks(callbacks),
-            **extra,
-        )
+        try:
+            out = dep.pipe(
+                prompt=prompts,
+                num_inference_steps=steps,
+                height=height,
+                width=width,
+                guidance_scale=guidance_scale,
+                latents=family.to_pipeline(noise),
+                output_type="latent",
+                callback_on_step_end=MultiPipelineCallbacks(callbacks),
+                **extra,
+            )
+        finally:
+            if fault is not None:
+                fault.close()
         assert guard.guard is not None
         latents = family.from_pipeline(out.images, dep.pipe, height, width)
         return Denoised(guard.guard, latents, recorder.result() if recorder else None)

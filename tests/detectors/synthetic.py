@@ -1,4 +1,10 @@
-"""Synthetic benign trajectory batches: stats fields [N, S, C] with a per-step drift, no pipeline."""
+"""Synthetic benign trajectory batches: stats fields [N, S, C] with a per-step drift, no pipeline.
+
+Most detectors here read one shared factor per run and step (as the spectral detectors of a real
+model read one spectrum), so their flags are strongly correlated; tail and spectral_shape read
+independent noise. A union-rate calibration that ignores the correlation (fpr / k each) or assumes
+none (fpr each) misses the target on this data.
+"""
 
 import torch
 
@@ -12,15 +18,25 @@ def benign(n: int, seed: int, channels: int = 4) -> TrajectoryStats:
     g = torch.Generator().manual_seed(seed)
     shape = (n, STEPS, channels)
     drift = torch.linspace(0, 0.3, STEPS)[None, :, None]
+    shared = torch.randn(n, STEPS, 1, generator=g).expand(shape)  # one factor per run and step
     noise = lambda scale: scale * torch.randn(shape, generator=g)  # noqa: E731
+
+    def correlated(scale: float) -> torch.Tensor:  # risky side = high shared factor
+        return scale * (shared + 0.3 * torch.randn(shape, generator=g))
+
+    profile = torch.softmax(0.2 * torch.randn((*shape, RADIAL_BINS), generator=g), dim=-1)
     return TrajectoryStats(
         mean=noise(0.1),
-        var=torch.exp(drift + noise(0.05)),
-        hf_ratio=torch.exp(-0.2 - drift + noise(0.02)),
-        sr_peak=1.5 + drift + noise(0.1),
+        var=torch.exp(drift + correlated(0.05)),
+        hf_ratio=torch.exp(-0.2 - drift - correlated(0.02)),
+        sr_peak=1.5 + drift + correlated(0.1),
         sr_freq=torch.full(shape, 0.5),
-        radial_profile=torch.full((*shape, RADIAL_BINS), 1 / RADIAL_BINS),
+        radial_profile=profile,
         nonfinite=torch.zeros(shape, dtype=torch.long),
+        phase_imbalance=torch.exp(-3.0 + correlated(0.1)),
+        hf_flatness=torch.exp(-1.0 - drift + correlated(0.05)),
+        crest=torch.exp(1.2 + noise(0.05)),
+        kurtosis=3.0 + noise(0.1),
     )
 
 
@@ -35,4 +51,12 @@ def perturb(stats: TrajectoryStats, name: str, step: int) -> TrajectoryStats:
         d["hf_ratio"][:, step] *= 0.5
     elif name == "non_finite":
         d["nonfinite"][:, step, 0] = 3
+    elif name == "checkerboard":
+        d["phase_imbalance"][:, step] *= 5.0
+    elif name == "grain":
+        d["hf_flatness"][:, step] *= 2.0
+    elif name == "spectral_shape":
+        d["radial_profile"][:, step, :, -1] *= 4.0
+    elif name == "tail":
+        d["crest"][:, step, 0] *= 4.0
     return TrajectoryStats(**d)

@@ -29,7 +29,16 @@ def fitted(name, data):
 @pytest.mark.parametrize("name", NAMES)
 def test_name_is_the_contract_name(name):
     assert DETECTORS[name].name == name
-    assert name in {"spectral_residual", "latent_variance", "over_smoothing", "non_finite"}
+    assert name in {
+        "spectral_residual",
+        "latent_variance",
+        "over_smoothing",
+        "non_finite",
+        "checkerboard",
+        "grain",
+        "spectral_shape",
+        "tail",
+    }
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "non_finite"])

@@ -6,12 +6,13 @@ that dtype cost (signal-to-quantisation-noise of the input and of the statistics
 full-precision original).
 """
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from latentguard.kernels import PackedInt4, pack_int4, trajectory_stats, unpack_int4
+from latentguard.kernels import PackedInt4, TrajectoryStats, pack_int4, trajectory_stats, unpack_int4
 from latentguard.kernels.oracle import trajectory_stats_oracle
 
 pytest.importorskip("triton")
@@ -26,7 +27,7 @@ DTYPES = {
     "int4": None,  # PackedInt4
 }
 SHAPES = [(1, 16, 64, 64), (2, 16, 128, 128), (2, 3, 17, 23), (1, 4, 31, 8), (3, 2, 13, 13), (1, 1, 5, 3)]
-FIELDS = ["mean", "var", "hf_ratio", "sr_peak", "sr_freq", "radial_profile", "nonfinite"]
+FIELDS = [f.name for f in dataclasses.fields(TrajectoryStats)]
 
 
 def latent_like(shape: tuple[int, ...], seed: int) -> torch.Tensor:
