@@ -38,6 +38,24 @@ def _progress() -> Progress:
     )
 
 
+TlsCa = Annotated[
+    Path | None, typer.Option(help="CA certificate (PEM) that signed the server's; enables TLS.")
+]
+TlsCert = Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")]
+TlsKey = Annotated[Path | None, typer.Option(help="Client key (PEM) for mutual TLS.")]
+Token = Annotated[
+    str | None, typer.Option(envvar="LATENTGUARD_TOKEN", help="Bearer token (or LATENTGUARD_TOKEN).")
+]
+
+
+def _client_tls(ca: Path | None, cert: Path | None, key: Path | None):
+    from latentguard.server.rpc.security import ClientTls
+
+    if ca is None and cert is None and key is None:
+        return None
+    return ClientTls(*(str(p) if p else None for p in (ca, cert, key)))
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(2)
@@ -60,6 +78,10 @@ def generate(
     target: Annotated[str | None, typer.Option(help="HOST:PORT of a running `latentguard serve`.")] = None,
     timeout: Annotated[float, typer.Option(help="Deadline for --target, seconds.")] = 300.0,
     config: Annotated[Path | None, typer.Option(help="YAML config (deployments, limits).")] = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    token: Token = None,
 ) -> None:
     """Generate one image with the guardrail watching every step; prints the verdict."""
     _quiet_libraries()
@@ -71,7 +93,9 @@ def generate(
     req = GenerateRequest(deployment, prompt, seed, steps, width, height, drill=drill)
     try:
         if target is not None:
-            rep, image_png = _generate_remote(target, req, timeout)
+            rep, image_png = _generate_remote(
+                target, req, timeout, _client_tls(tls_ca, tls_cert, tls_key), token
+            )
         else:
             rep, image_png = _generate_local(req, config)
     except (LatentguardError, ValueError, OSError) as exc:
@@ -121,7 +145,7 @@ def _print_report(rep, wrote: Path | None) -> None:
     )
 
 
-def _generate_remote(target: str, req, timeout: float):
+def _generate_remote(target: str, req, timeout: float, tls, token: str | None):
     """GenerateStream against a running server, with a progress bar fed by its step events."""
     import grpc
 
@@ -129,7 +153,7 @@ def _generate_remote(target: str, req, timeout: float):
     from latentguard.server.rpc.convert import report_from_proto, request_to_proto
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-    stub = pb_grpc.GuardrailStub(channel(target))
+    stub = pb_grpc.GuardrailStub(channel(target, tls, token))
     msg = request_to_proto(req)
     try:
         with _progress() as bar:
@@ -167,45 +191,111 @@ def serve(
         _fail(exc)
 
 
+Seeds = Annotated[int, typer.Option(help="Seeds per prompt (each run gets its own seed).")]
+Fpr = Annotated[float, typer.Option(help="Target false-positive rate per request, all detectors together.")]
+Confidence = Annotated[
+    float, typer.Option(help="Confidence that the FPR on new prompts stays within the target.")
+]
+Prompts = Annotated[
+    Path | None, typer.Option(help="Prompt file, one per line (default: the built-in calibration set).")
+]
+BatchSize = Annotated[int, typer.Option(help="Runs per pipeline call.")]
+Config = Annotated[Path | None, typer.Option(help="YAML config (deployments, limits).")]
+Ray = Annotated[
+    str | None,
+    typer.Option(help="Run on Ray: 'local' starts a cluster here, else an address for ray.init (e.g. auto)."),
+]
+RayWorkers = Annotated[int, typer.Option(help="Ray actors, each loading the deployment once.")]
+RayGpus = Annotated[float, typer.Option(help="GPUs per Ray actor (set device: cuda in the config).")]
+
+
 @app.command()
 def calibrate(
     deployment: Annotated[str, typer.Option(help="Deployment name.")],
     out: Annotated[Path, typer.Option(help="Profile file to write (JSON).")],
-    prompts: Annotated[
-        Path | None, typer.Option(help="Prompt file, one per line (default: built-in set).")
-    ] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per prompt (each run gets its own seed).")] = 8,
-    fpr: Annotated[
-        float, typer.Option(help="Target false-positive rate per request, all detectors together.")
-    ] = 0.01,
-    batch_size: Annotated[int, typer.Option(help="Runs per pipeline call.")] = 8,
-    config: Annotated[Path | None, typer.Option(help="YAML config (deployments, limits).")] = None,
+    prompts: Prompts = None,
+    seeds: Seeds = 2,
+    fpr: Fpr = 0.01,
+    confidence: Confidence = 0.9,
+    batch_size: BatchSize = 8,
+    config: Config = None,
+    ray: Ray = None,
+    ray_workers: RayWorkers = 2,
+    ray_gpus: RayGpus = 0,
 ) -> None:
-    """Fit and calibrate every detector on benign runs; writes a versioned profile."""
+    """Fit and jointly calibrate every hand-written detector on benign runs; writes a versioned profile."""
+    ray_at = (ray, ray_workers, ray_gpus)
+    _calibrate(
+        deployment, out, prompts, seeds, fpr, confidence, batch_size, config, ray_at, with_classifier=False
+    )
+
+
+@app.command("train-classifier")
+def train_classifier(
+    deployment: Annotated[str, typer.Option(help="Deployment name.")],
+    out: Annotated[Path, typer.Option(help="Profile file to write (JSON; the model goes next to it).")],
+    prompts: Prompts = None,
+    seeds: Seeds = 2,
+    fpr: Fpr = 0.01,
+    confidence: Confidence = 0.9,
+    batch_size: BatchSize = 8,
+    config: Config = None,
+    ray: Ray = None,
+    ray_workers: RayWorkers = 2,
+    ray_gpus: RayGpus = 0,
+) -> None:
+    """Calibrate as `calibrate` does, plus the learned classifier: trained on benign and drilled runs,
+    exported to ONNX next to the profile, thresholded jointly with the rest."""
+    ray_at = (ray, ray_workers, ray_gpus)
+    _calibrate(
+        deployment, out, prompts, seeds, fpr, confidence, batch_size, config, ray_at, with_classifier=True
+    )
+
+
+def _calibrate(
+    deployment, out, prompts, seeds, fpr, confidence, batch_size, config, ray, with_classifier
+) -> None:
     _quiet_libraries()
+    from contextlib import nullcontext
+
     from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
-    from latentguard.server.offline.calibrate import calibrate_deployment, default_prompts, read_prompts
+    from latentguard.server.offline.calibrate import calibrate_deployment, planned_runs
+    from latentguard.server.offline.trajectories import LocalCollector, default_prompts, read_prompts
     from latentguard.server.pipelines.deployments import load_deployment
 
+    address, workers, gpus = ray
     try:
         settings = Settings.load(config)
-        cfg = settings.deployment(deployment)
+        settings.deployment(deployment)
         prompt_list = read_prompts(prompts) if prompts else default_prompts("calibration")
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
-        dep = load_deployment(cfg, device=settings.device, with_profile=False)
-        with _progress() as bar:
-            task = bar.add_task(f"calibrating {deployment}", total=len(prompt_list) * seeds)
-            profile = calibrate_deployment(
-                dep,
-                prompt_list,
-                seeds,
-                fpr,
-                out,
-                batch_size=batch_size,
-                progress=lambda n: bar.advance(task, n),
-            )
+        if address is not None:
+            from latentguard.server.offline.distributed import RayCollector, cluster
+
+            context = cluster(address, workers)
+        else:
+            context = nullcontext()
+        with context:
+            if address is not None:
+                source = RayCollector(settings, deployment, workers, batch_size, gpus_per_worker=gpus)
+            else:
+                dep = load_deployment(settings.deployment(deployment), settings.device, with_profile=False)
+                source = LocalCollector(dep, batch_size)
+            with _progress() as bar:
+                total = planned_runs(prompt_list, seeds, with_classifier)
+                task = bar.add_task(f"calibrating {deployment}", total=total)
+                profile = calibrate_deployment(
+                    source,
+                    prompt_list,
+                    seeds,
+                    fpr,
+                    out,
+                    with_classifier=with_classifier,
+                    confidence=confidence,
+                    progress=lambda n: bar.advance(task, n),
+                )
     except (LatentguardError, ValueError, OSError) as exc:
         _fail(exc)
     console.print(json.dumps(profile.report.__dict__, indent=1))
@@ -236,6 +326,12 @@ def ab(
     max_flag_increase: Annotated[float, typer.Option(help="Gate: flag-rate increase, any detector.")] = 0.05,
     max_score_shift: Annotated[float, typer.Option(help="Gate: significant median score shift.")] = 1.0,
     alpha: Annotated[float, typer.Option(help="Significance level for the score-shift gate.")] = 0.05,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    token: Token = None,
+    ray: Ray = None,
+    ray_workers: RayWorkers = 2,
 ) -> None:
     """Compare a candidate deployment with its baseline on the same prompts and seeds.
 
@@ -256,8 +352,18 @@ def ab(
             max_score_shift=max_score_shift,
             alpha=alpha,
         )
+        remote = (target, _client_tls(tls_ca, tls_cert, tls_key), token) if target else None
         report, written = _ab_run(
-            baseline, candidate, out, prompts, seeds, target, candidate_drill, config, gates
+            baseline,
+            candidate,
+            out,
+            prompts,
+            seeds,
+            remote,
+            candidate_drill,
+            config,
+            gates,
+            (ray, ray_workers),
         )
     except (LatentguardError, ValueError, ValidationError, OSError) as exc:
         _fail(exc)
@@ -277,27 +383,69 @@ def ab(
     raise typer.Exit(0 if report.acceptable else 1)
 
 
-def _ab_run(baseline, candidate, out, prompts, seeds, target, candidate_drill, config, gates):
-    """Pairs from the source (in process or over gRPC), compared and written to `out`."""
+def _ab_run(baseline, candidate, out, prompts, seeds, remote, candidate_drill, config, gates, ray):
+    """Pairs from the source (in process, over gRPC, or on Ray), compared and written to `out`."""
     from latentguard.server.config import Settings
     from latentguard.server.offline import ab, ab_report
     from latentguard.server.offline.ab_sources import GrpcSource, InProcessSource, Source
-    from latentguard.server.offline.calibrate import default_prompts, read_prompts
+    from latentguard.server.offline.trajectories import default_prompts, read_prompts
     from latentguard.server.pipelines.requests import parse_drill
 
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
     prompt_list = read_prompts(prompts) if prompts else default_prompts("evaluation")[:8]
     parse_drill(candidate_drill)  # a malformed drill fails before any run
-    source: Source = GrpcSource(target) if target else InProcessSource(Settings.load(config))
-    infos = source.info(baseline), source.info(candidate)
+    items = ab.pair_grid(prompt_list, seeds)
+    address, workers = ray
     with _progress() as bar:
-        task = bar.add_task(f"{candidate} vs {baseline}", total=2 * len(prompt_list) * seeds)
-        pairs = ab.run_pairs(
-            source, baseline, candidate, prompt_list, seeds, candidate_drill, lambda: bar.advance(task)
-        )
+        if address is not None:
+            from latentguard.server.offline.distributed import cluster, ray_pairs
+
+            task = bar.add_task(f"{candidate} vs {baseline} on Ray", total=len(items))
+            with cluster(address, workers):
+                *infos, pairs = ray_pairs(
+                    Settings.load(config),
+                    baseline,
+                    candidate,
+                    items,
+                    candidate_drill,
+                    workers,
+                    lambda: bar.advance(task),
+                )
+        else:
+            source: Source = GrpcSource(*remote) if remote else InProcessSource(Settings.load(config))
+            infos = [source.info(baseline), source.info(candidate)]
+            task = bar.add_task(f"{candidate} vs {baseline}", total=2 * len(items))
+            pairs = ab.run_pairs(
+                source, baseline, candidate, items, candidate_drill, lambda: bar.advance(task)
+            )
     report = ab.compare(pairs, *infos, gates, drill=candidate_drill)
     return report, ab_report.write(report, pairs, out)
+
+
+@app.command("token-hash")
+def token_hash_command(
+    name: Annotated[str, typer.Option(help="A name for the token, for the server log.")],
+    deployments: Annotated[str, typer.Option(help="Comma-separated deployments it may use, or *.")] = "*",
+    inspect: Annotated[bool, typer.Option(help="Whether it may call Inspect.")] = False,
+) -> None:
+    """Read a token from stdin and print its entry for `auth.tokens` (the token itself is never stored)."""
+    import sys
+
+    import yaml
+
+    from latentguard.server.rpc.auth import token_hash
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        _fail(ValueError("no token on stdin"))
+    entry = {
+        "name": name,
+        "sha256": token_hash(token),
+        "deployments": deployments.split(","),
+        "inspect": inspect,
+    }
+    print(yaml.safe_dump([entry], sort_keys=False), end="")
 
 
 if __name__ == "__main__":

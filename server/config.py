@@ -68,13 +68,80 @@ class ShadowConfig(BaseModel):
     max_wait_seconds: float = Field(10.0, ge=0)  # for the server to be idle; then the run is skipped
 
 
+class TlsConfig(BaseModel):
+    """TLS for the gRPC port (and, with `metrics`, the /metrics port). Files are PEM; certificate and
+    key are read again when they change (checked at each new connection), so a rotated certificate
+    needs no restart."""
+
+    cert: str  # certificate chain
+    key: str
+    client_ca: str | None = None  # set: mutual TLS, clients must present a certificate signed by it
+    metrics: bool = True  # serve /metrics over TLS with the same certificate (scrapers then need the CA)
+
+
+class TokenConfig(BaseModel):
+    """One bearer token, stored as its SHA-256 (`latentguard token-hash` prints the entry)."""
+
+    name: str  # for the logs; never a metric label
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    deployments: list[str] = Field(default_factory=lambda: ["*"])  # "*": every deployment
+    inspect: bool = False  # may call Inspect (sidecar mode)
+
+
+class AuthConfig(BaseModel):
+    """Bearer tokens in the `authorization` metadata, checked by one interceptor. With no tokens (and
+    no tokens_file) authentication is off."""
+
+    tokens: list[TokenConfig] = Field(default_factory=list)
+    tokens_file: str | None = None  # YAML or JSON list of token entries, read at start
+    open_services: list[str] = Field(
+        default_factory=lambda: ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+    )
+
+    def all_tokens(self) -> list[TokenConfig]:
+        if self.tokens_file is None:
+            return list(self.tokens)
+        loaded = yaml.safe_load(Path(self.tokens_file).read_text()) or []
+        if not isinstance(loaded, list):
+            raise ValueError(f"{self.tokens_file}: expected a list of token entries")
+        return [*self.tokens, *(TokenConfig(**entry) for entry in loaded)]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens) or self.tokens_file is not None
+
+
+class ConnectionLimits(BaseModel):
+    """What one client can hold: sessions that send nothing, streams per connection, connections that
+    live forever, pings that flood."""
+
+    inspect_idle_seconds: float = Field(30.0, gt=0)  # an Inspect stream silent this long is closed
+    max_concurrent_streams: int = Field(32, ge=1)  # per connection
+    max_connection_idle_seconds: float = Field(300.0, gt=0)
+    max_connection_age_seconds: float = Field(3600.0, gt=0)  # then GOAWAY: clients reconnect, balance
+    max_connection_age_grace_seconds: float = Field(60.0, ge=0)
+    min_ping_interval_seconds: float = Field(10.0, gt=0)  # clients pinging more often are cut off
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_seconds)),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(self.min_ping_interval_seconds)),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ]
+
+
 def builtin_deployments() -> list[DeploymentConfig]:
     """tiny-sd3 and tiny-flux, plus FP8 and int4 candidates of tiny-sd3 (sharing its encoders and VAE)."""
-    sd3 = DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=64)
+    sd3 = DeploymentConfig(name="tiny-sd3", model="tiny-sd3", family="sd3", max_sequence_length=32)
     return [
         sd3,
         DeploymentConfig(
-            name="tiny-flux", model="tiny-flux", family="flux", guidance_scale=3.5, max_sequence_length=64
+            name="tiny-flux", model="tiny-flux", family="flux", guidance_scale=3.5, max_sequence_length=32
         ),
         sd3.model_copy(update={"name": "tiny-sd3-fp8", "variant": "fp8", "baseline": "tiny-sd3"}),
         sd3.model_copy(update={"name": "tiny-sd3-int4", "variant": "int4", "baseline": "tiny-sd3"}),
@@ -96,6 +163,10 @@ class Settings(BaseSettings):
     max_inspect_sessions: int = Field(16, ge=1)
     grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: how long requests in flight may finish
     warmup: bool = True  # one short generation per deployment before reporting SERVING
+    tls: TlsConfig | None = None  # None: plaintext (loopback, or behind a TLS-terminating mesh)
+    health_port: int | None = None  # a plaintext port with grpc.health.v1 only, for kubelet's gRPC probes
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    connections: ConnectionLimits = Field(default_factory=ConnectionLimits)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -103,26 +103,29 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def pair_grid(prompts: list[str], seeds: int) -> list[tuple[str, int]]:
+    """Each prompt with seeds 0..seeds-1 (the same seeds on both sides of every pair)."""
+    return [(prompt, seed) for prompt in prompts for seed in range(seeds)]
+
+
 def run_pairs(
     source: Source,
     baseline: str,
     candidate: str,
-    prompts: list[str],
-    seeds: int,
+    items: list[tuple[str, int]],
     candidate_drill: str = "",
     on_run: Callable[[], None] | None = None,
 ) -> list[Pair]:
-    """Each prompt with seeds 0..seeds-1, through both deployments (baseline first, then candidate)."""
+    """Each (prompt, seed) through both deployments (baseline first, then candidate)."""
     pairs = []
-    for prompt in prompts:
-        for seed in range(seeds):
-            base = source.run(baseline, prompt, seed, "")
-            if on_run:
-                on_run()
-            cand = source.run(candidate, prompt, seed, candidate_drill)
-            if on_run:
-                on_run()
-            pairs.append(Pair.of(prompt, seed, base, cand))
+    for prompt, seed in items:
+        base = source.run(baseline, prompt, seed, "")
+        if on_run:
+            on_run()
+        cand = source.run(candidate, prompt, seed, candidate_drill)
+        if on_run:
+            on_run()
+        pairs.append(Pair.of(prompt, seed, base, cand))
     return pairs
 
 

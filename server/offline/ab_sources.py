@@ -22,6 +22,7 @@ from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
 from latentguard.server.report import Report
 from latentguard.server.rpc.client import channel
 from latentguard.server.rpc.convert import report_from_proto, request_to_proto, trajectory_from_proto
+from latentguard.server.rpc.security import ClientTls
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
@@ -114,8 +115,10 @@ class InProcessSource:
 class GrpcSource:
     """Against a running `latentguard serve`: Generate with return_trajectory=True."""
 
-    def __init__(self, target: str, timeout: float = 600):
-        self.stub = pb_grpc.GuardrailStub(channel(target))
+    def __init__(
+        self, target: str, tls: ClientTls | None = None, token: str | None = None, timeout: float = 600
+    ):
+        self.stub = pb_grpc.GuardrailStub(channel(target, tls, token))
         self.timeout = timeout
         self.listed = {
             d.name: d for d in self.stub.ListDeployments(pb.ListDeploymentsRequest(), timeout=30).deployments

@@ -36,6 +36,14 @@ _BASES: dict[tuple[str, str, torch.dtype], Pipeline] = {}  # loaded components, 
 _BASES_LOCK = threading.Lock()
 
 
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def builtin_folder(model: str) -> Path:
+    """The shipped diffusers folder of a built-in model (trained here: training/train.py)."""
+    return BUILTIN_DIR / model
+
+
 def _builtin_family(config: DeploymentConfig) -> str:
     expected = "sd3" if config.model == "tiny-sd3" else "flux"
     if config.family != expected:
@@ -44,32 +52,34 @@ def _builtin_family(config: DeploymentConfig) -> str:
 
 
 def _load_base(config: DeploymentConfig, device: str, dtype: torch.dtype) -> Pipeline:
-    family = FAMILIES[config.family]
+    """Built-in models load from their shipped folder through the same path as any checkpoint."""
+    source = config.model
     if config.model in BUILTIN_MODELS:
-        from latentguard.server.pipelines import tiny
-
-        pipe = tiny.tiny_sd3() if _builtin_family(config) == "sd3" else tiny.tiny_flux()
-        pipe = pipe.to(device)
-        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    return _from_pretrained(config, family.pipeline_class, dtype).to(device)
+        _builtin_family(config)
+        source = str(builtin_folder(config.model))
+    return _from_pretrained(config, source, FAMILIES[config.family].pipeline_class, dtype).to(device)
 
 
-def _from_pretrained(config: DeploymentConfig, pipeline_class, dtype: torch.dtype, **kwargs) -> Pipeline:
-    local = Path(config.model).expanduser()
+def _from_pretrained(
+    config: DeploymentConfig, source: str, pipeline_class, dtype: torch.dtype, **kwargs
+) -> Pipeline:
+    local = Path(source).expanduser()
     is_local = local.exists()
     if is_local and not (local / "model_index.json").is_file():
         raise ModelLoadError(f"{config.name}: {local} is not a diffusers folder (no model_index.json)")
     try:
-        return pipeline_class.from_pretrained(
-            str(local) if is_local else config.model,
-            torch_dtype=dtype,
+        pipe = pipeline_class.from_pretrained(
+            str(local) if is_local else source,
+            dtype=dtype,
             use_safetensors=True,
             local_files_only=is_local,
             **kwargs,
         )
     except (OSError, ValueError) as exc:
         where = "local folder" if is_local else "hub id (needs network access and the weights as safetensors)"
-        raise ModelLoadError(f"{config.name}: cannot load {config.model!r} as a {where}: {exc}") from exc
+        raise ModelLoadError(f"{config.name}: cannot load {source!r} as a {where}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _load_nf4(config: DeploymentConfig, device: str) -> Pipeline:
@@ -92,7 +102,9 @@ def _load_nf4(config: DeploymentConfig, device: str) -> Pipeline:
         components_to_quantize=["transformer"],
     )
     pipeline_class = FAMILIES[config.family].pipeline_class
-    return _from_pretrained(config, pipeline_class, torch.bfloat16, quantization_config=quant).to(device)
+    return _from_pretrained(
+        config, config.model, pipeline_class, torch.bfloat16, quantization_config=quant
+    ).to(device)
 
 
 def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
@@ -152,7 +164,20 @@ class Deployment:
         return self.config.name
 
 
+def quiet_library_logs() -> None:
+    """diffusers and transformers log the text of a prompt they truncate (and loading chatter);
+    prompts must never reach the logs, so their loggers only pass errors."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_deployment(config: DeploymentConfig, device: str = "cpu", with_profile: bool = True) -> Deployment:
+    quiet_library_logs()
     pipe = load_pipeline(config, device)
     dep = Deployment(
         config=config,

@@ -9,13 +9,26 @@ import grpc
 
 from latentguard.detectors import StepVerdict
 from latentguard.server.core.service import Cancellation, GuardrailService
-from latentguard.server.errors import Unavailable
+from latentguard.server.errors import DeadlineExceeded, Unavailable
 from latentguard.server.rpc import convert, tensors
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
 
-def _cancellation(context: grpc.aio.ServicerContext) -> Cancellation:
+async def _until_idle(frames: AsyncIterator[pb.InspectFrame], idle: float) -> AsyncIterator[pb.InspectFrame]:
+    """The frames of a stream, closing it (DEADLINE_EXCEEDED) when nothing arrives for `idle` seconds,
+    so that a client that opens a session and goes silent does not hold its slot."""
+    it = aiter(frames)
+    while True:
+        try:
+            yield await asyncio.wait_for(anext(it), idle)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise DeadlineExceeded(f"the Inspect stream sent nothing for {idle:g} s; closed") from None
+
+
+def cancellation(context: grpc.aio.ServicerContext) -> Cancellation:
     remaining = context.time_remaining()
     return Cancellation(timeout=remaining)
 
@@ -28,14 +41,14 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         result = await self.service.generate(
-            convert.request_from_proto(request), _cancellation(context), decode=not request.skip_image
+            convert.request_from_proto(request), cancellation(context), decode=not request.skip_image
         )
         return convert.response_to_proto(result)
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
-        cancel = _cancellation(context)
+        cancel = cancellation(context)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[pb.GenerateEvent] = asyncio.Queue()
 
@@ -65,8 +78,9 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
     async def Inspect(
         self, request_iterator: AsyncIterator[pb.InspectFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.InspectVerdict]:
+        idle = self.service.settings.connections.inspect_idle_seconds
         async with self.service.inspect() as call:
-            async for frame in request_iterator:
+            async for frame in _until_idle(request_iterator, idle):
                 latents = tensors.decode(frame.latents, frame.dtype, list(frame.shape))
                 verdict = await call.frame(frame.deployment, list(frame.sigmas), frame.step, latents)
                 if verdict is not None:

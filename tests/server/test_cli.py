@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -64,34 +65,26 @@ def test_bad_input_exits_2_with_the_message(tmp_path):
     assert result.exit_code == 2 and "unknown deployment 'nope'" in result.output
 
 
-def test_calibrate_writes_a_profile_that_loads(tmp_path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a fox\n# comment\na cabin\n")
-    out = tmp_path / "prof.json"
-    result = runner.invoke(
-        app,
-        [
-            "calibrate",
-            "--deployment",
-            "tiny-flux",
-            "--prompts",
-            str(prompts),
-            "--seeds",
-            "60",
-            "--fpr",
-            "0.05",
-            "--out",
-            str(out),
-            "--batch-size",
-            "12",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    from latentguard.detectors import CalibrationProfile
+@pytest.mark.parametrize("command", ["calibrate", "train-classifier"])
+def test_calibration_writes_a_profile_that_loads(tmp_path, command):
+    from latentguard.detectors import DETECTORS, CalibrationProfile
+    from latentguard.server.offline.trajectories import default_prompts
 
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(
+        "# twelve calibration prompts\n" + "\n".join(default_prompts("calibration")[:12]) + "\n"
+    )
+    out = tmp_path / "prof.json"
+    args = [command, "--deployment", "tiny-flux", "--prompts", str(prompts), "--seeds", "12"]
+    result = runner.invoke(app, [*args, "--fpr", "0.2", "--out", str(out), "--batch-size", "12"])
+    assert result.exit_code == 0, result.output
     profile = CalibrationProfile.load(out)
-    assert profile.report.calibration_runs == 60 and profile.report.calibration_union_fpr <= 0.05
-    assert set(profile.build()) == {"spectral_residual", "latent_variance", "over_smoothing", "non_finite"}
+    report = profile.report
+    assert (report.fit_prompts, report.calibration_prompts, report.calibration_runs) == (4, 8, 96)
+    assert report.calibration_union_fpr <= report.union_budget <= 0.2
+    expected = set(DETECTORS) | ({"onnx_classifier"} if command == "train-classifier" else set())
+    assert set(profile.build()) == expected
+    assert (tmp_path / "prof.onnx_classifier.onnx").is_file() == (command == "train-classifier")
 
 
 def test_generate_against_a_running_server(tmp_path):
@@ -110,7 +103,7 @@ def test_generate_against_a_running_server(tmp_path):
                 "--deployment",
                 "tiny-flux",
                 "--prompt",
-                "a fox",
+                "a red circle on a blue background",
                 "--drill",
                 "nan:step=2",
                 "--report",

@@ -10,6 +10,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from latentguard.detectors import DETECTORS
 from latentguard.server.pipelines.runner import initial_noise
 from latentguard.server.rpc.client import InspectCallback, channel, tensor_frame
 from latentguard.v1 import guardrail_pb2 as pb
@@ -41,7 +42,7 @@ def test_generate_returns_png_and_report(stub):
     assert resp.image_png.startswith(b"\x89PNG")
     assert resp.report.verdict == "pass" and resp.report.steps_run == 12 and len(resp.report.steps) == 12
     names = [d.name for d in resp.report.detectors]
-    assert names == ["spectral_residual", "latent_variance", "over_smoothing", "non_finite"]
+    assert names == [*DETECTORS, "onnx_classifier"]  # every hand-written detector and the classifier
 
 
 def test_generate_drill_abort_has_no_image(stub):
@@ -178,7 +179,7 @@ def test_inspect_sidecar_matches_the_in_process_guard(server, deployments):
         num_inference_steps=12,
         latents=noise,
         output_type="latent",
-        max_sequence_length=64,
+        max_sequence_length=dep.config.max_sequence_length,
         height=256,
         width=256,
         guidance_scale=dep.config.guidance_scale,
@@ -214,7 +215,7 @@ def test_inspect_aborts_the_external_pipeline_on_nan(server, deployments):
         num_inference_steps=12,
         latents=dep.family.to_pipeline(noise),
         output_type="latent",
-        max_sequence_length=64,
+        max_sequence_length=dep.config.max_sequence_length,
         height=256,
         width=256,
         callback_on_step_end=corrupting,

@@ -11,10 +11,12 @@ from latentguard.server.pipelines.deployments import builtin_profile_path, load_
 from latentguard.server.pipelines.requests import GenerateRequest, resolve
 from latentguard.server.pipelines.runner import PipelineRunner
 
+PROMPT = "a red circle on a blue background"
+
 
 def run(dep, settings, **kw):
     req = resolve(
-        GenerateRequest(deployment=dep.name, prompt=kw.pop("prompt", "a red fox"), **kw), dep, settings.limits
+        GenerateRequest(deployment=dep.name, prompt=kw.pop("prompt", PROMPT), **kw), dep, settings.limits
     )
     return PipelineRunner(dep).generate(req)
 
@@ -32,6 +34,11 @@ def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, setti
         "latent_variance",
         "over_smoothing",
         "non_finite",
+        "checkerboard",
+        "grain",
+        "spectral_shape",
+        "tail",
+        "onnx_classifier",
     ]
     assert [s.step for s in rep.steps] == list(range(rep.steps_run))
     assert rep.profile == dep.fingerprint and rep.profile_exact
@@ -46,24 +53,31 @@ def test_same_seed_same_image_and_the_seed_matters(name, deployments, settings):
         for s in (3, 3, 4)
     )
     assert (a - b).abs().max() <= 2  # CPU kernels may round differently run to run; not more
-    assert (a - c).abs().float().mean() > 10
+    assert (a - c).abs().float().mean() > 3  # a trained model: the prompt fixes much of the picture
 
 
+# Strengths well above the detection limits: this checks the wiring drill -> detector -> first
+# step; how weak a fault each detector still sees is the evaluation's job (evaluation/results.md).
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 @pytest.mark.parametrize(
     ("drill", "detector"),
     [
         ("aliasing:step=4,strength=0.5", "spectral_residual"),
-        ("collapse:step=4,strength=0.5", "latent_variance"),
+        ("collapse:step=4,strength=0.7", "latent_variance"),
         ("blur:step=4,strength=0.8", "over_smoothing"),
+        ("checkerboard:step=4,strength=0.3", "checkerboard"),
+        ("grain:step=4,strength=0.8", "grain"),
+        ("spike:step=4,strength=0.8", "tail"),
     ],
 )
-def test_drills_are_flagged_at_the_injection_step(name, drill, detector, deployments, settings):
+def test_drills_are_flagged_by_their_detector_at_the_injection_step(
+    name, drill, detector, deployments, settings
+):
     rep = run(deployments[name], settings, seed=11, drill=drill).report
     assert rep.verdict == "flag"
     found = {d.name: d for d in rep.detectors}[detector]
-    assert found.flagged and found.first_step == 4
-    assert all(d.first_step in (-1, 4, 5, 6) for d in rep.detectors)
+    assert found.flagged and found.first_step in (4, 5), found
+    assert all(d.first_step == -1 or d.first_step >= 4 for d in rep.detectors)
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
@@ -102,13 +116,13 @@ def test_local_diffusers_folder_loads_through_the_same_path(sd3, settings, tmp_p
         name="local",
         model=str(tmp_path / "model"),
         family="sd3",
-        max_sequence_length=64,
+        max_sequence_length=sd3.config.max_sequence_length,
         profile=str(builtin_profile_path("tiny-sd3")),
     )
     dep = load_deployment(cfg)
     assert dep.fingerprint == sd3.fingerprint
     for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
-        text = "a red fox, oil painting"
+        text = "a red fox, oil painting, Two Yellow Squares"
         assert getattr(dep.pipe, tok)(text).input_ids == getattr(sd3.pipe, tok)(text).input_ids
     a, b = run(dep, settings, seed=9, steps=4), run(sd3, settings, seed=9, steps=4)
     torch.testing.assert_close(

@@ -47,7 +47,7 @@ def test_a_mirrored_request_exports_its_divergence_and_the_candidate_report(serv
     divergence = value(after, "latentguard_shadow_divergence_sum", **PAIR) - value(
         before, "latentguard_shadow_divergence_sum", **PAIR
     )
-    assert 0.01 < divergence < 0.2  # int4 vs fp32 on tiny-sd3: ~0.04 (README)
+    assert 0.05 < divergence < 1.5  # int4 vs fp32 on tiny-sd3: final x0 rel. L2 ~0.6 (README, A/B)
     ok = "latentguard_requests_total"
     assert value(after, ok, **CANDIDATE, outcome="ok") - value(before, ok, **CANDIDATE, outcome="ok") == 1
 
