@@ -206,6 +206,8 @@ def test_overload_at_4x_capacity_refuses_the_excess_at_once(server, stub):
     )
     results: list[tuple[str, float]] = []
     lock = threading.Lock()
+    labels = dict(deployment="tiny-sd3", family="sd3", variant="fp32", outcome="rejected")
+    rejected_before = value(scrape(server), "latentguard_requests_total", **labels)
 
     def one() -> None:
         start = time.perf_counter()
@@ -226,6 +228,8 @@ def test_overload_at_4x_capacity_refuses_the_excess_at_once(server, stub):
     assert len(results) == calls and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
     assert codes["OK"] >= worker.capacity and codes["RESOURCE_EXHAUSTED"] >= calls - 2 * worker.capacity
     assert p99 < 0.25  # refused without waiting for a slot (measured figure printed above)
+    rejected = value(scrape(server), "latentguard_requests_total", **labels) - rejected_before
+    assert rejected == codes["RESOURCE_EXHAUSTED"]  # every refusal counted
     assert (
         worker.admitted == 0
         and value(scrape(server), "latentguard_admitted_requests", deployment="tiny-sd3") == 0
