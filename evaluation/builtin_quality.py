@@ -37,19 +37,10 @@ BATCH = 8
 
 
 def generate_all(dep, captions: list[str]) -> list[Image.Image]:
-    cfg, runner, images = dep.config, PipelineRunner(dep), []
+    runner, images = PipelineRunner(dep), []
     for i in range(0, len(captions), BATCH):
         chunk = captions[i : i + BATCH]
-        run = runner.denoise(
-            chunk,
-            list(range(i, i + len(chunk))),
-            cfg.steps,
-            cfg.height,
-            cfg.width,
-            cfg.guidance_scale,
-            detectors={},
-            policies={},
-        )
+        run = runner.denoise_at_defaults(chunk, list(range(i, i + len(chunk))))
         images += dep.family.decode(dep.pipe, run.latents)
         print(f"  {dep.name}: {len(images)}/{len(captions)}", file=sys.stderr, end="\r")
     print(file=sys.stderr)

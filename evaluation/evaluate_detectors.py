@@ -94,21 +94,11 @@ def auroc(benign: torch.Tensor, drilled: torch.Tensor) -> float:
 
 
 def image_psnr(dep, drill: Drill, prompts: list[str]) -> float:
-    runner, cfg, values = PipelineRunner(dep), dep.config, []
+    runner, values = PipelineRunner(dep), []
     for i in range(PSNR_PAIRS):
         images = []
         for d in (None, drill):
-            run = runner.denoise(
-                [prompts[i]],
-                [SEED_BASE + i],
-                cfg.steps,
-                cfg.height,
-                cfg.width,
-                cfg.guidance_scale,
-                detectors={},
-                policies={},
-                drill=d,
-            )
+            run = runner.denoise_at_defaults([prompts[i]], [SEED_BASE + i], d)
             if not torch.isfinite(run.latents).all():
                 return float("nan")
             images.append(np.asarray(dep.family.decode(dep.pipe, run.latents)[0]))

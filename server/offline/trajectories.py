@@ -76,20 +76,11 @@ def collect(
     """Run (prompt, seed) pairs in batches at the deployment's defaults, keeping per-step stats (not
     latents). A sequence of drills is cycled over the batches (counted from `first_batch`, so that a
     shard of a larger grid gets the drills the whole grid would give it)."""
-    cfg = dep.config
     runner = PipelineRunner(dep)
     parts, sigmas = [], []
     for b, batch in enumerate(_batches(runs, batch_size)):
-        guard = runner.denoise(
-            [p for p, _ in batch],
-            [s for _, s in batch],
-            cfg.steps,
-            cfg.height,
-            cfg.width,
-            cfg.guidance_scale,
-            detectors={},
-            policies={},
-            drill=drill_for(drill, first_batch + b),
+        guard = runner.denoise_at_defaults(
+            [p for p, _ in batch], [s for _, s in batch], drill_for(drill, first_batch + b)
         ).guard
         parts.append(guard.monitor.stacked())
         sigmas = guard.sigmas

@@ -106,6 +106,24 @@ class PipelineRunner:
         latents = family.from_pipeline(out.images, dep.pipe, height, width)
         return Denoised(guard.guard, latents, recorder.result() if recorder else None)
 
+    def denoise_at_defaults(
+        self, prompts: list[str], seeds: list[int], drill: Drill | None = None
+    ) -> Denoised:
+        """The deployment's default steps, size and guidance, statistics kept but no detector scored:
+        what the offline jobs (calibration, evaluation, quality) run."""
+        cfg = self.dep.config
+        return self.denoise(
+            prompts,
+            seeds,
+            cfg.steps,
+            cfg.height,
+            cfg.width,
+            cfg.guidance_scale,
+            detectors={},
+            policies={},
+            drill=drill,
+        )
+
     def generate(
         self,
         req: ResolvedRequest,

@@ -8,6 +8,7 @@ none (fpr each) misses the target on this data.
 
 import torch
 
+from latentguard.detectors import CalibrationProfile
 from latentguard.kernels import RADIAL_BINS, TrajectoryStats
 
 SIGMAS = [1.0, 0.9, 0.75, 0.6, 0.45, 0.3, 0.15, 0.05, 0.0]
@@ -60,3 +61,18 @@ def perturb(stats: TrajectoryStats, name: str, step: int) -> TrajectoryStats:
     elif name == "tail":
         d["crest"][:, step, 0] *= 4.0
     return TrajectoryStats(**d)
+
+
+def profile_of(detectors: dict, report) -> CalibrationProfile:
+    """A profile of calibrated synthetic detectors (64 x 64, the synthetic schedule)."""
+    return CalibrationProfile(
+        deployment="x",
+        fingerprint="abc",
+        steps=STEPS,
+        height=64,
+        width=64,
+        guidance_scale=1.0,
+        sigmas=SIGMAS,
+        detectors={n: d.state_dict() for n, d in detectors.items()},
+        report=report,
+    )

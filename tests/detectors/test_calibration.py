@@ -5,7 +5,7 @@ from latentguard.detectors import CalibrationError, CalibrationProfile, calibrat
 from latentguard.detectors.base import conformal_threshold
 from latentguard.detectors.calibration import union_budget
 
-from .synthetic import SIGMAS, benign, perturb
+from .synthetic import SIGMAS, benign, perturb, profile_of
 
 
 def union_on(dets, test) -> float:
@@ -48,17 +48,7 @@ def test_too_few_calibration_runs_is_a_clear_error():
 
 def test_profile_round_trip_and_format_check(tmp_path):
     dets, report = calibrate_detectors(benign(300, 3), benign(300, 4), SIGMAS, fpr=0.05)
-    profile = CalibrationProfile(
-        deployment="x",
-        fingerprint="abc",
-        steps=8,
-        height=64,
-        width=64,
-        guidance_scale=1.0,
-        sigmas=SIGMAS,
-        detectors={n: d.state_dict() for n, d in dets.items()},
-        report=report,
-    )
+    profile = profile_of(dets, report)
     path = tmp_path / "p.json"
     profile.save(path)
     loaded = CalibrationProfile.load(path)

@@ -9,7 +9,7 @@ from latentguard.detectors import CalibrationProfile, NotFittedError, calibrate_
 from latentguard.detectors.classifier import FEATURES, Classifier
 from latentguard.server.offline.classifier import Labelled, export_onnx, fit_model, train
 
-from .synthetic import SIGMAS, STEPS, benign, perturb
+from .synthetic import SIGMAS, STEPS, benign, perturb, profile_of
 
 FAULTS = ("checkerboard", "grain", "spectral_residual", "latent_variance")
 
@@ -67,17 +67,7 @@ def test_a_profile_carries_the_model_in_a_file_next_to_it(classifier, tmp_path):
     dets, report = calibrate_detectors(
         benign(300, 3), benign(1000, 4), SIGMAS, fpr=0.05, fitted={classifier.name: classifier}
     )
-    profile = CalibrationProfile(
-        deployment="x",
-        fingerprint="abc",
-        steps=STEPS,
-        height=64,
-        width=64,
-        guidance_scale=1.0,
-        sigmas=SIGMAS,
-        detectors={n: d.state_dict() for n, d in dets.items()},
-        report=report,
-    )
+    profile = profile_of(dets, report)
     profile.save(tmp_path / "p.json")
     assert (tmp_path / "p.onnx_classifier.onnx").is_file()
     assert (

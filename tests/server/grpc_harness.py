@@ -35,3 +35,19 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 def value(text: str, name: str, **labels) -> float:
     return samples(text)[(name, tuple(sorted(labels.items())))]
+
+
+def run_own_pipeline(dep, prompt: str, noise, steps: int, callback, **kwargs) -> None:
+    """A 256 x 256 run of the deployment's own diffusers pipeline to latents, as a user's code would
+    drive it with a sidecar callback (InspectCallback)."""
+    dep.pipe(
+        prompt,
+        num_inference_steps=steps,
+        latents=dep.family.to_pipeline(noise),
+        output_type="latent",
+        max_sequence_length=dep.config.max_sequence_length,
+        height=256,
+        width=256,
+        callback_on_step_end=callback,
+        **kwargs,
+    )

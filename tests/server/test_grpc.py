@@ -16,7 +16,7 @@ from latentguard.server.rpc.client import InspectCallback, channel, tensor_frame
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-from .grpc_harness import ServerThread, make_settings
+from .grpc_harness import ServerThread, make_settings, run_own_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -174,17 +174,7 @@ def test_inspect_sidecar_matches_the_in_process_guard(server, deployments):
     dep = deployments["tiny-sd3"]
     noise = initial_noise(dep, [21], 256, 256)
     cb = InspectCallback(server.target, "tiny-sd3", dep.pipe, noise, 256, 256)
-    dep.pipe(
-        "a red fox",
-        num_inference_steps=12,
-        latents=noise,
-        output_type="latent",
-        max_sequence_length=dep.config.max_sequence_length,
-        height=256,
-        width=256,
-        guidance_scale=dep.config.guidance_scale,
-        callback_on_step_end=cb,
-    )
+    run_own_pipeline(dep, "a red fox", noise, 12, cb, guidance_scale=dep.config.guidance_scale)
     assert [v.step for v in cb.verdicts] == list(range(12)) and {v.verdict for v in cb.verdicts} == {"pass"}
     assert cb.report is not None and cb.report.steps_run == 12 and cb.report.verdict == "pass"
     from latentguard.server.pipelines.requests import GenerateRequest, resolve
@@ -210,16 +200,7 @@ def test_inspect_aborts_the_external_pipeline_on_nan(server, deployments):
         cb(pipe, step, t, kwargs)
         return {"latents": kwargs["latents"]}
 
-    dep.pipe(
-        "a fox",
-        num_inference_steps=12,
-        latents=dep.family.to_pipeline(noise),
-        output_type="latent",
-        max_sequence_length=dep.config.max_sequence_length,
-        height=256,
-        width=256,
-        callback_on_step_end=corrupting,
-    )
+    run_own_pipeline(dep, "a fox", noise, 12, corrupting)
     assert cb.verdicts[-1].verdict == "abort" and "non_finite" in cb.verdicts[-1].flagged
     assert steps_seen == [0, 1, 2, 3, 4]  # interrupted: no step after the abort ran
     assert cb.report is not None and cb.report.verdict == "abort" and cb.report.aborted_at_step == 4

@@ -21,7 +21,7 @@ from latentguard.server.rpc.security import ClientTls
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-from .grpc_harness import ServerThread, make_settings, value
+from .grpc_harness import ServerThread, make_settings, run_own_pipeline, value
 from .pki import Authority
 
 FULL, FLUX_ONLY = "full-access-token", "flux-only-token"
@@ -121,16 +121,7 @@ def test_inspect_callback_over_tls_with_a_token(secured, deployments):
     dep = deployments["tiny-flux"]
     noise = initial_noise(dep, [3], 256, 256)
     cb = InspectCallback(srv.target, "tiny-flux", dep.pipe, noise, 256, 256, tls=tls, token=FULL)
-    dep.pipe(
-        "a red circle on a blue background",
-        num_inference_steps=4,
-        latents=dep.family.to_pipeline(noise),
-        output_type="latent",
-        max_sequence_length=dep.config.max_sequence_length,
-        height=256,
-        width=256,
-        callback_on_step_end=cb,
-    )
+    run_own_pipeline(dep, "a red circle on a blue background", noise, 4, cb)
     assert len(cb.verdicts) == 4 and cb.report is not None and cb.report.steps_run == 4
 
 
