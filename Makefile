@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint profiles eval bench protos promtool clean train quality soak
+.PHONY: install demo test lint profiles eval bench protos promtool clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -71,6 +71,10 @@ PROFILES := server/pipelines/profiles
 profiles: $(STAMP)
 	for d in tiny-sd3 tiny-flux tiny-sd3-fp8 tiny-sd3-int4; do \
 		$(BIN)/latentguard train-classifier --deployment $$d --out $(PROFILES)/$$d.json || exit 1; done
+
+## kernels-aot: compile the Triton kernel for sm_80/86/89/90 here (no GPU) and check each fits
+kernels-aot: $(STAMP)
+	$(BIN)/python -W ignore -m latentguard.kernels.aot
 
 ## soak: the hostile-input tests at 10x the examples, printing their counts
 soak: $(STAMP) promtool

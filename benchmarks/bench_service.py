@@ -4,8 +4,14 @@
 
 1. guarded vs bare pipeline, same seeds: a widened tiny-sd3 (more layers, wider heads) at 512 x 512,
    24 steps, so that a denoising step costs tens of milliseconds as a real one does relative to
-   the guard; `guard overhead` = guarded / bare - 1 (median of alternating runs).
+   the guard; `guard overhead` = guarded / bare - 1, the median over pairs of back-to-back runs
+   (order alternating), with a 95% bootstrap interval; pairs are added until the interval is
+   narrower than 1 point (or --max-pairs). Wall time and process CPU time (all threads).
 2. gRPC Generate over loopback vs the in-process call on the default tiny-sd3.
+2b. dynamic batching: 8 requests over gRPC with 1, 2, 4, 8 in flight, per built-in fp32 deployment,
+   with batching (the default: max_batch_size 8, max_batch_delay_ms 5) and without
+   (max_batch_size 1): requests/s (= images/s: one image per request), the speedup of 8 at once
+   over 8 one after another, and a lone request's latency with and without batching.
 3. the cost per step of each detector (the ONNX classifier included) and of trajectory_stats on a
    tiny-sd3 step (16 x 32 x 32).
 4. Inspect (sidecar) throughput in steps/s and p50/p99 added latency per step, for
@@ -17,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import queue
 import statistics
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import scipy.stats
 import torch
 
 warnings.filterwarnings("ignore")
@@ -45,8 +55,12 @@ from latentguard.server.pipelines.runner import PipelineRunner, initial_noise  #
 HERE = Path(__file__).parent
 
 
+#: where the models run: the GPU when there is one (--device overrides); every CSV row names it
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def loopback_settings(**overrides) -> Settings:
-    return Settings(host="127.0.0.1", port=0, metrics_port=0, **overrides)
+    return Settings(host="127.0.0.1", port=0, metrics_port=0, device=DEVICE, **overrides)
 
 
 def widened_sd3(layers: int, head_dim: int):
@@ -54,17 +68,19 @@ def widened_sd3(layers: int, head_dim: int):
     cost is measured here, not the pictures)."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    base = load_pipeline(Settings().deployment("tiny-sd3"))
+    base = load_pipeline(Settings().deployment("tiny-sd3"), DEVICE)
     config = {**base.transformer.config, "num_layers": layers, "attention_head_dim": head_dim}
     config["caption_projection_dim"] = config["num_attention_heads"] * head_dim
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel.from_config(config).eval()
-    pipe = StableDiffusion3Pipeline(**{**base.components, "transformer": transformer})
+    pipe = StableDiffusion3Pipeline(**{**base.components, "transformer": transformer.to(DEVICE)})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def bench_guard_overhead(steps: int, repeats: int, layers: int, head_dim: int) -> dict[str, float]:
+def bench_guard_overhead(
+    steps: int, min_pairs: int, max_pairs: int, layers: int, head_dim: int
+) -> dict[str, float]:
     pipe = widened_sd3(layers, head_dim)
     cfg = Settings().deployment("tiny-sd3")
     dep = Deployment(config=cfg, pipe=pipe, family=FAMILIES["sd3"], fingerprint=fingerprint(pipe))
@@ -103,29 +119,87 @@ def bench_guard_overhead(steps: int, repeats: int, layers: int, head_dim: int) -
         return time.perf_counter() - t
 
     bare(0), guarded(0)  # warm-up
-    b, g = [], []
-    for i in range(repeats):
-        b.append(bare(i))
-        g.append(guarded(i))
-    guard_step = []
-    for i in range(3):
-        guard = runner.denoise(
-            ["a red circle on a blue background"],
-            [i],
-            steps,
-            size,
-            size,
-            guidance,
-            detectors=dep.detectors,
-            policies={},
-        ).guard
-        guard_step += guard.step_seconds
+    wall: list[tuple[float, float]] = []  # (bare, guarded) per pair
+    cpu: list[tuple[float, float]] = []
+    low = high = math.nan
+    while len(wall) < max_pairs:
+        timed = {}
+        for kind in ("bare", "guarded") if len(wall) % 2 == 0 else ("guarded", "bare"):
+            c = time.process_time()
+            timed[kind] = (bare if kind == "bare" else guarded)(len(wall)), time.process_time() - c
+        wall.append((timed["bare"][0], timed["guarded"][0]))
+        cpu.append((timed["bare"][1], timed["guarded"][1]))
+        if len(wall) >= min_pairs:
+            low, high = overhead_interval(wall)
+            if high - low < 1.0:
+                break
+    run = runner.denoise(
+        ["a red circle on a blue background"],
+        [0],
+        steps,
+        size,
+        size,
+        guidance,
+        detectors={},
+        policies={},
+        record=True,
+    )
     return {
-        "bare_step_ms": statistics.median(b) / steps * 1e3,
-        "guarded_step_ms": statistics.median(g) / steps * 1e3,
-        "guard_ms_per_step": statistics.median(guard_step) * 1e3,
-        "guard_overhead_pct": (statistics.median(g) / statistics.median(b) - 1) * 100,
+        **guard_breakdown(dep, run.trajectory),
+        "bare_step_ms": statistics.median(b for b, _ in wall) / steps * 1e3,
+        "guarded_step_ms": statistics.median(g for _, g in wall) / steps * 1e3,
+        "guard_overhead_pct": overhead(wall),
+        "guard_overhead_ci_low": low,
+        "guard_overhead_ci_high": high,
+        "guard_overhead_pairs": float(len(wall)),
+        "guard_cpu_overhead_pct": overhead(cpu),
     }
+
+
+def guard_breakdown(dep: Deployment, trajectory, repeats: int = 20) -> dict[str, float]:
+    """Where a guarded step's time goes (ms per step, medians over a recorded trajectory's steps):
+    x0_hat from consecutive latents, trajectory_stats, all detectors, and the whole RequestGuard.check
+    (the rest of it is bookkeeping: scores, verdicts)."""
+    from latentguard.detectors import RequestGuard
+    from latentguard.kernels import trajectory_stats
+
+    sigmas, latents = trajectory.sigmas, trajectory.latents
+    parts: dict[str, list[float]] = {"x0_hat": [], "stats": [], "detectors": [], "check": []}
+    for _ in range(repeats):
+        guard = RequestGuard(dep.detectors, {}, latents[0], sigmas)
+        for step in range(len(latents) - 1):
+            t0 = time.perf_counter()
+            x0 = guard.monitor.x0_hat(step, latents[step + 1])
+            t1 = time.perf_counter()
+            stats = trajectory_stats(x0)
+            t2 = time.perf_counter()
+            for det in dep.detectors.values():
+                det.step_score(stats, sigmas[step])
+            t3 = time.perf_counter()
+            guard.check(step, latents[step + 1])
+            t4 = time.perf_counter()
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[name].append(seconds)
+    out = {f"guard_{name}_ms": statistics.median(v) * 1e3 for name, v in parts.items()}
+    out["guard_ms_per_step"] = out.pop("guard_check_ms")
+    out["guard_bookkeeping_ms"] = out["guard_ms_per_step"] - sum(
+        out[f"guard_{n}_ms"] for n in ("x0_hat", "stats", "detectors")
+    )
+    return out
+
+
+def overhead(pairs: list[tuple[float, float]]) -> float:
+    """Median over pairs of guarded / bare - 1, in percent."""
+    return float(np.median([g / b - 1 for b, g in pairs]) * 100)
+
+
+def overhead_interval(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """95% bootstrap interval (percentile) of `overhead`."""
+    ratios = np.array([g / b - 1 for b, g in pairs]) * 100
+    ci = scipy.stats.bootstrap(
+        (ratios,), np.median, confidence_level=0.95, method="percentile", random_state=0
+    )
+    return float(ci.confidence_interval.low), float(ci.confidence_interval.high)
 
 
 def bench_detector_costs(repeats: int = 200) -> dict[str, float]:
@@ -134,7 +208,7 @@ def bench_detector_costs(repeats: int = 200) -> dict[str, float]:
     from latentguard.kernels import trajectory_stats
     from latentguard.server.pipelines.deployments import load_deployment
 
-    dep = load_deployment(Settings().deployment("tiny-sd3"))
+    dep = load_deployment(Settings().deployment("tiny-sd3"), DEVICE)
     run = PipelineRunner(dep).denoise(
         ["a red circle on a blue background"], [0], 12, 256, 256, 4.5, detectors=dep.detectors, policies={}
     )
@@ -187,6 +261,59 @@ def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
         srv.stop()
 
 
+def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float]:
+    """`total` requests over gRPC with 1, 2, 4, 8 in flight, dynamic batching on (default) and off;
+    a lone request's latency on both, interleaved (one server each, side by side)."""
+    from latentguard.server.config import builtin_deployments
+    from latentguard.server.rpc.client import channel
+    from latentguard.v1 import guardrail_pb2 as pb
+    from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+    modes = {"batched": 8, "unbatched": 1}
+    servers, stubs = {}, {}
+    try:
+        for mode, size in modes.items():
+            cfg = next(d for d in builtin_deployments() if d.name == deployment)
+            cfg = cfg.model_copy(update={"max_batch_size": size, "max_queue": total})
+            servers[mode] = BackgroundServer(loopback_settings(deployments=[cfg])).start()
+            stubs[mode] = pb_grpc.GuardrailStub(channel(servers[mode].target))
+
+        def call(mode: str, i: int) -> float:
+            t = time.perf_counter()
+            msg = pb.GenerateRequest(
+                deployment=deployment, prompt="a red circle on a blue background", seed=i
+            )
+            stubs[mode].Generate(msg, timeout=120)
+            return time.perf_counter() - t
+
+        lone: dict[str, list[float]] = {mode: [] for mode in modes}
+        for i in range(1 + 5 * repeats):  # the first round warms up
+            for mode in modes:
+                lone[mode].append(call(mode, i))
+        out = {f"{deployment}_{m}_lone_ms": statistics.median(v[1:]) * 1e3 for m, v in lone.items()}
+        for mode in modes:
+            with ThreadPoolExecutor(total) as pool:  # warm-up: the first batch of `total` is slower
+                list(pool.map(lambda i, m=mode: call(m, i), range(total)))
+            for inflight in (1, 2, 4, 8):
+                rounds = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    with ThreadPoolExecutor(inflight) as pool:
+                        list(pool.map(lambda i, m=mode: call(m, i), range(total)))
+                    rounds.append(time.perf_counter() - t)
+                out[f"{deployment}_{mode}_c{inflight}_rps"] = total / statistics.median(rounds)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    for mode in modes:
+        c1, c8 = (out[f"{deployment}_{mode}_c{c}_rps"] for c in (1, 8))
+        out[f"{deployment}_{mode}_c8_over_c1"] = c8 / c1
+    out[f"{deployment}_lone_ms_batched_minus_unbatched"] = (
+        out[f"{deployment}_batched_lone_ms"] - out[f"{deployment}_unbatched_lone_ms"]
+    )
+    return out
+
+
 def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
     from latentguard.server.rpc.client import channel, tensor_frame
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
@@ -223,25 +350,29 @@ def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--device", default=DEVICE, help=f"where the models run [{DEVICE}]")
+    parser.add_argument("--max-pairs", type=int, default=60, help="guard overhead: most pairs of runs")
     parser.add_argument("--layers", type=int, default=2, help="widened tiny-sd3: transformer layers")
     parser.add_argument("--head-dim", type=int, default=32, help="widened tiny-sd3: head dim (4 heads)")
     args = parser.parse_args()
+    DEVICE = args.device
     torch.set_num_threads(torch.get_num_threads())
     results: dict[str, float] = {}
-    repeats = 2 if args.quick else 5
-    results.update(
-        bench_guard_overhead(steps=24, repeats=repeats, layers=args.layers, head_dim=args.head_dim)
-    )
+    pairs = (4, 6) if args.quick else (10, args.max_pairs)
+    results.update(bench_guard_overhead(24, *pairs, layers=args.layers, head_dim=args.head_dim))
+    for deployment in ("tiny-sd3", "tiny-flux"):
+        results.update(bench_batching(deployment, total=8, repeats=1 if args.quick else 3))
     results.update(bench_detector_costs(repeats=50 if args.quick else 500))
     results.update(bench_grpc_vs_inprocess(repeats=3 if args.quick else 10))
     results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
     for k, v in results.items():
         print(f"{k:24s} {v:10.3f}")
-    append_row(HERE / "results.csv", results)
+    append_row(HERE / "results.csv", results, DEVICE)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 
-def device_name() -> str:
+def device_name(device: str | None = None) -> str:
+    """The GPU's name when `device` is a CUDA device (default: when CUDA is present), else the CPU's."""
+    on_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")
     return (
         torch.cuda.get_device_name()
-        if torch.cuda.is_available()
+        if on_gpu
         else f"cpu ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
     )
 
@@ -28,11 +30,11 @@ def commit() -> str:
         return "unknown"
 
 
-def append_row(path: Path, results: dict[str, float | str]) -> None:
+def append_row(path: Path, results: dict[str, float | str], device: str | None = None) -> None:
     row = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
-        "device": device_name(),
+        "device": device_name(device),
         **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in results.items()},
     }
     rows = list(csv.DictReader(path.open())) if path.exists() else []

@@ -3,7 +3,9 @@
 Backends: "triton" (the fused kernel, triton_stats.py) and "reference" (the fast torch path,
 torch_stats.py; the name is the design contract's). "auto" picks Triton for CUDA tensors and the
 torch path for everything else. Where "auto" would have picked Triton but cannot (a CUDA tensor
-without triton installed), it falls back to the torch path: said once in the log per reason, and
+without triton installed, or a launch that fails: out of shared memory or registers on an
+architecture the AOT check (aot.py) does not cover, a compiler error), it falls back to the torch path
+for that input kind (dtype and padded plane size) from then on: said once in the log per reason, and
 listed by `fallbacks()` (the server exports it as a gauge). An explicitly requested backend that
 cannot run fails loudly instead.
 """
@@ -74,6 +76,13 @@ def resolve_backend(backend: Backend, device: torch.device) -> Literal["triton",
     return "triton"
 
 
+def kernel_key(latents: torch.Tensor | PackedInt4) -> str:
+    """What one compiled kernel covers: device type, input dtype, plane size padded to powers of two."""
+    dtype = "int4" if isinstance(latents, PackedInt4) else str(latents.dtype).removeprefix("torch.")
+    h, w = (max(16, 1 << (n - 1).bit_length()) for n in latents.shape[-2:])
+    return f"{latents.device.type} {dtype} {h}x{w}"
+
+
 def trajectory_stats(latents: torch.Tensor | PackedInt4, backend: Backend = "auto") -> TrajectoryStats:
     """Per-(batch, channel) statistics of a [B, C, H, W] tensor (or PackedInt4) in one pass.
 
@@ -83,5 +92,33 @@ def trajectory_stats(latents: torch.Tensor | PackedInt4, backend: Backend = "aut
     if resolve_backend(backend, latents.device) == "triton":
         from latentguard.kernels.triton_stats import trajectory_stats_triton  # imports triton
 
-        return trajectory_stats_triton(latents)
+        if backend == "triton":
+            return trajectory_stats_triton(latents)
+        failed = f"the Triton kernel failed to launch for {kernel_key(latents)}"
+        if failed not in _FALLBACKS:
+            try:
+                return trajectory_stats_triton(latents)
+            except Exception as exc:  # out of resources, a compiler error: serve on, on the torch path
+                log.error("trajectory_stats: %s: %s: %s", failed, type(exc).__name__, exc)
+                _fall_back(failed)
     return trajectory_stats_torch(latents)
+
+
+def warm_up(
+    device: torch.device, channels: int, max_h: int, max_w: int, backend: Backend = "auto"
+) -> list[str]:
+    """Compile (or load from Triton's on-disk cache) every kernel a [B, channels, <=max_h, <=max_w]
+    float32 input on `device` can need, so no request pays for a compile. Returns the kernel keys
+    warmed on the Triton path (none where the backend resolves to the torch path, or under the
+    interpreter, which compiles nothing)."""
+    if resolve_backend(backend, device) != "triton" or os.environ.get("TRITON_INTERPRET") == "1":
+        return []
+    sides = [16 << i for i in range(8)]
+    warmed = []
+    for h in (s for s in sides if s // 2 < max_h):
+        for w in (s for s in sides if s // 2 < max_w):
+            x = torch.zeros(1, channels, h, w, device=device)
+            trajectory_stats(x, backend)
+            warmed.append(kernel_key(x))
+            log.info("trajectory_stats: kernel ready for %s", warmed[-1])
+    return warmed

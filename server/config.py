@@ -44,6 +44,10 @@ class DeploymentConfig(BaseModel):
     guidance_scale: float = 4.5
     max_sequence_length: int | None = None  # T5 tokens; None: the pipeline's default
     max_queue: int = Field(8, ge=0)  # requests waiting beyond the one running; more are refused
+    # dynamic batching (core/batching.py): up to max_batch_size admitted requests of the same steps,
+    # size and guidance run as one pipeline call; a lone request waits at most max_batch_delay_ms
+    max_batch_size: int = Field(8, ge=1, le=64)
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=1000)
     profile: str | None = None  # calibration profile path; built-in models ship their own
     baseline: str | None = None  # for a quantized candidate: the 16-bit deployment it may replace
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)

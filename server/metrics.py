@@ -108,6 +108,13 @@ class Metrics:
             ["deployment"],
             registry=registry,
         )
+        self.batch_size = Histogram(
+            "latentguard_batch_size",
+            "Requests per pipeline call (dynamic batching; 1 when a request ran alone).",
+            ["deployment"],
+            registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32),
+        )
         self.info = Gauge(
             "latentguard_deployment_info",
             "Always 1; labels say which 16-bit baseline a quantized deployment is a candidate for.",
@@ -153,6 +160,7 @@ class Metrics:
             self.admitted.labels(d.deployment)
             self.capacity.labels(d.deployment)
             self.step_check.labels(d.deployment)
+            self.batch_size.labels(d.deployment)
             for outcome in OUTCOMES:
                 self.requests.labels(d.deployment, d.family, d.variant, outcome)
             for outcome in GENERATION_OUTCOMES:
@@ -182,6 +190,9 @@ class Metrics:
 
     def set_capacity(self, deployment: str, capacity: int) -> None:
         self.capacity.labels(deployment).set(capacity)
+
+    def observe_batch(self, deployment: str, size: int) -> None:
+        self.batch_size.labels(deployment).observe(size)
 
     def set_admitted(self, deployment: str, admitted: int) -> None:
         self.admitted.labels(deployment).set(admitted)

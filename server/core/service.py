@@ -1,9 +1,10 @@
 """The core service: deployments, admission, workers, cancellation, sessions. No gRPC in here.
 
 Each deployment has one worker thread (one pipeline, one device) and an admission count of
-1 running + `max_queue` waiting; beyond that a request is refused at once (ResourceExhausted),
-never queued without bound. Model work runs on the worker, off the event loop. A cancelled or
-expired request stops denoising at the next step boundary through the pipeline's interrupt.
+1 + `max_queue` requests; beyond that a request is refused at once (ResourceExhausted), never
+queued without bound. Admitted requests run in dynamic batches (batching.py). Model work runs on the
+worker, off the event loop. A cancelled or expired request leaves its batch at the next step
+boundary (the pipeline is interrupted once no element is left).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Literal
 import torch
 
 from latentguard.detectors import StepVerdict
+from latentguard.kernels.dispatch import warm_up as warm_up_kernels
 from latentguard.server.config import Settings, ShadowConfig
+from latentguard.server.core.batching import Batcher
 from latentguard.server.core.sessions import InspectSession
 from latentguard.server.core.shadow import ShadowJob, ShadowMirror
 from latentguard.server.errors import (
@@ -36,7 +39,7 @@ from latentguard.server.errors import (
 from latentguard.server.metrics import DeploymentLabels, Metrics, Outcome, outcome_of
 from latentguard.server.pipelines.deployments import Deployment, load_deployment
 from latentguard.server.pipelines.requests import GenerateRequest, ResolvedRequest, resolve
-from latentguard.server.pipelines.runner import GenerateResult, PipelineRunner, StepHook
+from latentguard.server.pipelines.runner import Element, GenerateResult, PipelineRunner, StepHook
 from latentguard.server.report import Report
 
 log = logging.getLogger(__name__)
@@ -75,10 +78,17 @@ class RequestRecord:
 
 
 class DeploymentWorker:
-    def __init__(self, dep: Deployment, settings: Settings):
+    def __init__(self, dep: Deployment, settings: Settings, metrics: Metrics):
         self.dep = dep
         self.runner = PipelineRunner(dep, backend=settings.backend)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"lg-{dep.name}")
+        self.batcher = Batcher(
+            self.runner,
+            self.executor,
+            dep.config.max_batch_size,
+            dep.config.max_batch_delay_ms,
+            lambda size: metrics.observe_batch(dep.name, size),
+        )
         self.capacity = 1 + dep.config.max_queue
         self.admitted = 0  # touched only on the event loop
 
@@ -118,7 +128,13 @@ class GuardrailService:
         """Load every deployment (and warm it up) off the event loop, then report SERVING."""
         for cfg in self.settings.deployments:
             dep = await asyncio.to_thread(load_deployment, cfg, self.settings.device)
-            worker = DeploymentWorker(dep, self.settings)
+            worker = DeploymentWorker(dep, self.settings, self.metrics)
+            _, channels, max_h, max_w = dep.family.latent_shape(
+                dep.pipe, 1, *[self.settings.limits.max_side] * 2
+            )
+            await asyncio.to_thread(
+                warm_up_kernels, dep.pipe.device, channels, max_h, max_w, self.settings.backend
+            )
             if self.settings.warmup:
                 warm = resolve(GenerateRequest(dep.name, "warm-up", steps=2), dep, self.settings.limits)
                 await asyncio.get_running_loop().run_in_executor(
@@ -137,6 +153,7 @@ class GuardrailService:
 
     def close(self) -> None:
         for w in self.workers.values():
+            w.batcher.close(Unavailable("latentguard is shutting down"))
             w.executor.shutdown(wait=False, cancel_futures=True)
         self.inspect_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -179,12 +196,7 @@ class GuardrailService:
         mirrors = self.shadow.sample(req.deployment)
         run = dataclasses.replace(resolved, return_trajectory=True) if mirrors else resolved
         start = time.perf_counter()
-        job = asyncio.get_running_loop().run_in_executor(
-            worker.executor,
-            lambda: worker.runner.generate(
-                run, should_stop=cancel.should_stop, on_step=on_step, decode=decode
-            ),
-        )
+        job = asyncio.wrap_future(worker.batcher.submit(Element(run, cancel.should_stop, on_step, decode)))
         caller_left = False
         try:
             try:

@@ -63,4 +63,4 @@ class InspectSession:
 
     def report(self) -> Report:
         steps = len(self.guard.sigmas) - 1
-        return build_report(self.dep, self.guard, 0, steps, "", time.perf_counter() - self.started, False)
+        return build_report(self.dep, self.guard, 0, 0, steps, "", time.perf_counter() - self.started, False)

@@ -1,9 +1,10 @@
 """The pipeline's step callbacks: drill injection, the guard, trajectory recording.
 
 Each is a diffusers `PipelineCallback` on the latents the pipeline whitelists; the runner combines
-them with `MultiPipelineCallbacks`, in that order, so the guard scores the drilled latents and the
-recorder keeps what the guard saw. Latents arrive in the pipeline's layout (FLUX: packed) and are
-unpacked to [B, C, H, W] by the family's helper only where a callback needs them.
+them with `MultiPipelineCallbacks` in the order drill, recorder, guard: the guard scores the drilled
+latents, and the recorder has kept them by the time the guard answers an element. Latents arrive
+in the pipeline's layout (FLUX: packed) and are unpacked to [B, C, H, W] by the family's helper
+only where a callback needs them.
 """
 
 from __future__ import annotations
@@ -96,8 +97,11 @@ class DrillCallback(_LatentsCallback):
 
 
 class GuardCallback(_LatentsCallback):
-    """Scores every step with a RequestGuard (built at step 0, when the schedule is known) and
-    interrupts the pipeline when an element must abort or the caller stops."""
+    """Scores every step with a RequestGuard (built at step 0, when the schedule is known). Batch
+    element i leaves the run when it aborts or `should_stop(i)` says its caller stopped it:
+    `on_leave(i, latents)` answers it at once, and it gets no more `on_step` calls. A leaver stays in
+    the batch, masked (its latents keep being denoised and are discarded), so the others' results do
+    not change; the pipeline is interrupted once no element is left."""
 
     def __init__(
         self,
@@ -105,20 +109,34 @@ class GuardCallback(_LatentsCallback):
         height: int,
         width: int,
         make_guard: Callable[[list[float]], RequestGuard],
-        should_stop: Callable[[], bool] | None = None,
-        on_step: Callable[[list[StepVerdict]], None] | None = None,
+        should_stop: Callable[[int], bool] | None = None,
+        on_step: Callable[[int, StepVerdict], None] | None = None,
+        on_leave: Callable[[int, torch.Tensor], None] | None = None,
     ):
         super().__init__(family, height, width)
-        self.make_guard, self.should_stop, self.on_step = make_guard, should_stop, on_step
+        self.make_guard, self.should_stop, self.on_step, self.on_leave = (
+            make_guard,
+            should_stop,
+            on_step,
+            on_leave,
+        )
         self.guard: RequestGuard | None = None
+        self.active: list[int] = []
 
     def callback_fn(self, pipe: Pipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.guard is None:
             self.guard = self.make_guard(schedule(pipe))
-        verdicts = self.guard.check(step, self.unpack(kwargs["latents"], pipe))
-        if self.on_step is not None:
-            self.on_step(verdicts)
-        if any(v.abort for v in verdicts) or (self.should_stop is not None and self.should_stop()):
+            self.active = list(range(self.guard.batch))
+        latents = self.unpack(kwargs["latents"], pipe)
+        verdicts = self.guard.check(step, latents)
+        for i in list(self.active):
+            if self.on_step is not None:
+                self.on_step(i, verdicts[i])
+            if verdicts[i].abort or (self.should_stop is not None and self.should_stop(i)):
+                self.active.remove(i)
+                if self.on_leave is not None:
+                    self.on_leave(i, latents[i : i + 1])
+        if not self.active:
             self.family.interrupt(pipe)
         return kwargs
 

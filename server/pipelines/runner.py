@@ -2,8 +2,13 @@
 
 The runner draws the initial noise from each request's seed itself (so step 0 is known to the
 monitor) and passes it in as `latents=`. The pipeline runs with output_type="latent" and the runner
-decodes only when the request was not aborted: an interrupted pipeline would otherwise still decode
+decodes only what finished without an abort: an interrupted pipeline would otherwise still decode
 the half-denoised latents.
+
+`generate_batch` runs several requests as one pipeline call (dynamic batching: core/batching.py
+decides which): per-element prompts, seeds, verdicts and reports; an element that aborts or is
+stopped by its caller is answered at its step and masked for the rest of the call. `generate` is
+the batch of one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,25 @@ from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
 from latentguard.server.report import Report, Timings
 
 StepHook = Callable[[StepVerdict], None]
+
+
+@dataclass
+class Element:
+    """One request of a pipeline call, and how its caller follows it and gets its answer."""
+
+    request: ResolvedRequest
+    should_stop: Callable[[], bool] | None = None
+    on_step: StepHook | None = None
+    decode: bool = True
+    answer: Callable[[GenerateResult], None] | None = None  # once, as soon as its result is known
+
+
+def batch_key(req: ResolvedRequest) -> tuple[int, int, int, float] | None:
+    """Requests with equal keys may share one pipeline call. None: the request runs alone (a drill
+    acts on the whole call)."""
+    if req.drill is not None:
+        return None
+    return (req.steps, req.height, req.width, req.guidance_scale)
 
 
 @dataclass
@@ -66,13 +90,22 @@ class PipelineRunner:
         detectors: dict[str, Detector],
         policies: dict[str, DetectorPolicy],
         drill: Drill | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        on_step: Callable[[list[StepVerdict]], None] | None = None,
+        should_stop: Callable[[int], bool] | None = None,
+        on_step: Callable[[int, StepVerdict], None] | None = None,
+        on_leave: Callable[[int, Denoised], None] | None = None,
         record: bool = False,
     ) -> Denoised:
-        """Run the pipeline to latents with a guard watching every step (one verdict per element)."""
+        """Run the pipeline to latents with a guard watching every step (one verdict per element).
+        An element that aborts or is stopped leaves at that step: `on_leave(i, its run so far)`."""
         dep, family = self.dep, self.dep.family
         noise = initial_noise(dep, seeds, height, width)
+        recorder = RecordCallback(family, height, width, noise) if record else None
+
+        def leave(i: int, latents: torch.Tensor) -> None:
+            if on_leave is not None:
+                assert guard.guard is not None
+                on_leave(i, Denoised(guard.guard, latents, recorder.result() if recorder else None))
+
         guard = GuardCallback(
             family,
             height,
@@ -80,10 +113,10 @@ class PipelineRunner:
             lambda sigmas: RequestGuard(detectors, policies, noise, sigmas, backend=self.backend),
             should_stop,
             on_step,
+            leave,
         )
-        recorder = RecordCallback(family, height, width, noise) if record else None
         fault = DrillCallback(family, height, width, drill, noise, seeds[0], dep.pipe) if drill else None
-        callbacks = [*([fault] if fault else []), guard, *([recorder] if recorder else [])]
+        callbacks = [*([fault] if fault else []), *([recorder] if recorder else []), guard]
         extra = {}
         if dep.config.max_sequence_length is not None:
             extra["max_sequence_length"] = dep.config.max_sequence_length
@@ -131,56 +164,91 @@ class PipelineRunner:
         on_step: StepHook | None = None,
         decode: bool = True,
     ) -> GenerateResult:
+        return self.generate_batch([Element(req, should_stop, on_step, decode)])[0]
+
+    def generate_batch(self, elements: list[Element]) -> list[GenerateResult]:
+        """Run requests of one `batch_key` as one pipeline call; each element's result is what it
+        would get alone (up to float rounding of batched kernels: see the README)."""
         start = time.perf_counter()
-        dep = self.dep
+        dep, first = self.dep, elements[0].request
+        keys = {batch_key(e.request) for e in elements}
+        if len(elements) > 1 and (len(keys) > 1 or None in keys):
+            raise ValueError(f"these requests cannot share a pipeline call (batch keys {keys})")
+        results: dict[int, GenerateResult] = {}
+
+        def answer(i: int, run: Denoised, image: Image.Image | None = None) -> None:
+            el = elements[i]
+            req = el.request
+            shape = (req.steps, req.height, req.width)
+            exact = (
+                dep.profile is not None
+                and (dep.profile.steps, dep.profile.height, dep.profile.width) == shape
+            )
+            drill = str(req.drill) if req.drill else ""
+            seconds = time.perf_counter() - start
+            report = build_report(dep, run.guard, i, req.seed, req.steps, drill, seconds, exact)
+            wanted = run.trajectory if el.request.return_trajectory else None
+            results[i] = GenerateResult(image, report, wanted.element(i) if wanted else None)
+            if el.answer is not None:
+                el.answer(results[i])
+
+        def stopped(i: int) -> bool:
+            stop = elements[i].should_stop
+            return stop is not None and stop()
+
+        def on_step(i: int, verdict: StepVerdict) -> None:
+            hook = elements[i].on_step
+            if hook is not None:
+                hook(verdict)
+
         run = self.denoise(
-            [req.prompt],
-            [req.seed],
-            req.steps,
-            req.height,
-            req.width,
-            req.guidance_scale,
+            [e.request.prompt for e in elements],
+            [e.request.seed for e in elements],
+            first.steps,
+            first.height,
+            first.width,
+            first.guidance_scale,
             detectors=dep.detectors,
             policies=dep.policies,
-            drill=req.drill,
-            should_stop=should_stop,
-            on_step=(lambda verdicts: on_step(verdicts[0])) if on_step else None,
-            record=req.return_trajectory,
+            drill=first.drill,
+            should_stop=stopped,
+            on_step=on_step,
+            on_leave=answer,
+            record=any(e.request.return_trajectory for e in elements),
         )
-        aborted = run.guard.verdict(0) == "abort"
-        image = dep.family.decode(dep.pipe, run.latents)[0] if decode and not aborted else None
-        exact = dep.profile is not None and (dep.profile.steps, dep.profile.height, dep.profile.width) == (
-            req.steps,
-            req.height,
-            req.width,
-        )
-        drill = str(req.drill) if req.drill else ""
-        report = build_report(dep, run.guard, req.seed, req.steps, drill, time.perf_counter() - start, exact)
-        return GenerateResult(image=image, report=report, trajectory=run.trajectory)
+        rest = [i for i in range(len(elements)) if i not in results]
+        to_decode = [i for i in rest if elements[i].decode]  # an aborted element has left already
+        images = dep.family.decode(dep.pipe, run.latents[to_decode]) if to_decode else []
+        decoded = dict(zip(to_decode, images, strict=True))
+        for i in rest:
+            answer(i, run, decoded.get(i))
+        return [results[i] for i in range(len(elements))]
 
 
 def build_report(
     dep: Deployment,
     guard: RequestGuard,
+    i: int,
     seed: int,
     steps_requested: int,
     drill: str,
     total_seconds: float,
     profile_exact: bool,
 ) -> Report:
-    """The report of batch element 0 of a guarded run (Generate and Inspect alike)."""
+    """The report of batch element i of a guarded run (Generate and Inspect alike), as far as the
+    guard has seen it."""
     return Report(
-        verdict=guard.verdict(0),
+        verdict=guard.verdict(i),
         deployment=dep.name,
         family=dep.config.family,
         variant=dep.config.variant,
         seed=seed,
         steps_requested=steps_requested,
         steps_run=guard.steps_run,
-        aborted_at_step=guard.aborted_step(0),
+        aborted_at_step=guard.aborted_step(i),
         drill=drill,
-        detectors=guard.detector_results(0),
-        steps=guard.step_reports(0),
+        detectors=guard.detector_results(i),
+        steps=guard.step_reports(i),
         timings=Timings(
             total_seconds=total_seconds,
             guard_seconds=guard.seconds,

@@ -26,6 +26,10 @@ class RecordedTrajectory:
             self.latents[step], self.latents[step + 1], self.sigmas[step], self.sigmas[step + 1]
         )
 
+    def element(self, i: int) -> RecordedTrajectory:
+        """Batch element i's trajectory (a batched run records every element)."""
+        return RecordedTrajectory(self.sigmas, [t[i : i + 1] for t in self.latents])
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.latents)
 

@@ -14,6 +14,7 @@ from latentguard.kernels import (
     unpack_int4,
 )
 from latentguard.kernels.oracle import trajectory_stats_oracle
+from latentguard.kernels.torch_stats import trajectory_stats_torch
 
 
 def oracle(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -107,3 +108,44 @@ def test_auto_falls_back_to_the_torch_path_once_and_says_so(monkeypatch, caplog)
     assert dispatch.fallbacks() == {"triton is not installed for CUDA tensors": "reference"}
     assert resolve_backend("auto", torch.device("cpu")) == "reference"  # the designed path, not a fallback
     assert len(dispatch.fallbacks()) == 1
+
+
+def test_a_failed_kernel_launch_falls_back_for_that_kernel_and_keeps_serving(monkeypatch, caplog):
+    from triton.runtime.errors import OutOfResources
+
+    from latentguard.kernels import dispatch, triton_stats
+
+    monkeypatch.setattr(dispatch, "_FALLBACKS", {})
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda backend, device: "triton")  # as on a GPU
+    launches = []
+
+    def out_of_shared_memory(x):
+        launches.append(tuple(x.shape))
+        raise OutOfResources(262_144, 232_448, "shared memory")
+
+    monkeypatch.setattr(triton_stats, "trajectory_stats_triton", out_of_shared_memory)
+    x = torch.randn(2, 4, 24, 24)
+    with caplog.at_level("WARNING", logger="latentguard.kernels.dispatch"):
+        for _ in range(3):
+            torch.testing.assert_close(trajectory_stats(x).var, trajectory_stats_torch(x).var)
+    assert launches == [(2, 4, 24, 24)]  # tried once; that kernel is not retried
+    assert list(dispatch.fallbacks()) == ["the Triton kernel failed to launch for cpu float32 32x32"]
+    assert sum("torch path" in r.getMessage() for r in caplog.records) == 1
+    trajectory_stats(torch.randn(1, 1, 8, 8))  # another padded size is another kernel: tried
+    assert len(launches) == 2 and len(dispatch.fallbacks()) == 2
+    with pytest.raises(OutOfResources):  # an explicit backend fails loudly
+        trajectory_stats(x, backend="triton")
+
+
+def test_warm_up_compiles_every_padded_size_a_deployment_can_need_once(monkeypatch):
+    from latentguard.kernels import dispatch, triton_stats
+
+    launched = []
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(dispatch, "_FALLBACKS", {})
+    monkeypatch.setattr(triton_stats, "trajectory_stats_triton", lambda x: launched.append(x.shape[-2:]))
+    assert dispatch.warm_up(torch.device("cpu"), 16, 128, 40) == []  # the torch path compiles nothing
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda backend, device: "triton")  # as on a GPU
+    warmed = dispatch.warm_up(torch.device("cpu"), 16, 128, 40)  # latents up to 128 x 40
+    assert [tuple(s) for s in launched] == [(h, w) for h in (16, 32, 64, 128) for w in (16, 32, 64)]
+    assert warmed[0] == "cpu float32 16x16" and warmed[-1] == "cpu float32 128x64"

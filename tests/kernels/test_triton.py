@@ -17,16 +17,11 @@ from latentguard.kernels.oracle import trajectory_stats_oracle
 
 pytest.importorskip("triton")
 
+from latentguard.kernels.triton_stats import INPUT_KINDS
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp8_e4m3": torch.float8_e4m3fn,
-    "fp8_e5m2": torch.float8_e5m2,
-    "int4": None,  # PackedInt4
-}
-SHAPES = [(1, 16, 64, 64), (2, 16, 128, 128), (2, 3, 17, 23), (1, 4, 31, 8), (3, 2, 13, 13), (1, 1, 5, 3)]
+DTYPES = INPUT_KINDS  # fp32, fp16, bf16, fp8_e4m3, fp8_e5m2, int4 (PackedInt4)
+SHAPES = [(1, 16, 64, 64), (2, 2, 128, 128), (2, 3, 17, 23), (1, 4, 31, 8), (3, 2, 13, 13), (1, 1, 5, 3)]
 FIELDS = [f.name for f in dataclasses.fields(TrajectoryStats)]
 
 

@@ -27,6 +27,7 @@ CONTRACT = {
     "latentguard_detector_errors": "counter",
     "latentguard_admitted_requests": "gauge",
     "latentguard_admission_capacity": "gauge",
+    "latentguard_batch_size": "histogram",
     "latentguard_deployment_info": "gauge",
     "latentguard_kernel_fallbacks": "gauge",
     "latentguard_shadow_runs": "counter",  # series only for configured shadow pairs

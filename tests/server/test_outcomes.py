@@ -61,7 +61,7 @@ def test_a_runner_that_raises_is_internal_counted_as_error_and_the_server_keeps_
     def broken(*args, **kwargs):
         raise RuntimeError("pipeline exploded: secret detail")
 
-    monkeypatch.setattr(worker.runner, "generate", broken)
+    monkeypatch.setattr(worker.runner, "generate_batch", broken)
     d = Delta(server)
     with pytest.raises(grpc.RpcError) as info:
         stub.Generate(pb.GenerateRequest(deployment="tiny-sd3", prompt="a fox"), timeout=30)
