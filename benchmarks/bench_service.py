@@ -7,8 +7,10 @@
    the guard; `guard overhead` = guarded / bare - 1, the median over pairs of back-to-back runs
    (order alternating), with a 95% bootstrap interval; pairs are added until the interval is
    narrower than 1 point (or --max-pairs). Wall time and process CPU time (all threads).
-2. gRPC Generate over loopback vs the in-process call on the default tiny-sd3.
-2b. dynamic batching: 8 requests over gRPC with 1, 2, 4, 8 in flight, per built-in fp32 deployment,
+2. gRPC Generate over loopback vs the in-process call on the default tiny-sd3, and the same request
+   in-process before and after torch has also computed on a second thread (what a server does).
+2b. dynamic batching: 8 requests over gRPC with 1, 2, 4, 8 in flight, per built-in fp32 deployment
+   (a `latentguard serve` process per configuration),
    with batching (the default: max_batch_size 8, max_batch_delay_ms 5) and without
    (max_batch_size 1): requests/s (= images/s: one image per request), the speedup of 8 at once
    over 8 one after another, and a lone request's latency with and without batching.
@@ -232,6 +234,36 @@ def bench_detector_costs(repeats: int = 200) -> dict[str, float]:
     return out
 
 
+def bench_second_compute_thread(repeats: int) -> dict[str, float]:
+    """A tiny-sd3 request in this process before and after torch has also run on a second thread.
+
+    It needs a process where torch has computed on one thread only (main() runs it before the
+    benchmarks that start servers). GNU OpenMP (torch's
+    CPU wheels) keeps a thread team per calling thread and throttles its spin-waiting once it manages
+    more threads than there are CPUs, so every small op then pays a futex wake-up. The server computes
+    on one worker thread per deployment (and Inspect threads), so on CPU it always pays this."""
+    from latentguard.server.pipelines.deployments import load_deployment
+
+    dep = load_deployment(Settings().deployment("tiny-sd3"), DEVICE)
+    runner = PipelineRunner(dep)
+    req = resolve(GenerateRequest("tiny-sd3", "a red circle on a blue background", seed=1), dep, Limits())
+
+    def median_ms() -> float:
+        runner.generate(req)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            runner.generate(req)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3
+
+    one = median_ms()
+    with ThreadPoolExecutor(1) as other:
+        other.submit(runner.generate, req).result()
+        two = median_ms()
+    return {"one_compute_thread_ms": one, "two_compute_threads_ms": two, "two_over_one_thread": two / one}
+
+
 def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
     from latentguard.server.rpc.client import channel
     from latentguard.v1 import guardrail_pb2 as pb
@@ -262,50 +294,55 @@ def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
 
 
 def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float]:
-    """`total` requests over gRPC with 1, 2, 4, 8 in flight, dynamic batching on (default) and off;
-    a lone request's latency on both, interleaved (one server each, side by side)."""
+    """`total` requests over gRPC with 1, 2, 4, 8 in flight, and a lone request's latency, with dynamic
+    batching on (default) and off. Each server is a `latentguard serve` process of its own, as in
+    production (on CPU a process computes on one thread: `compute_threads`), run one at a time."""
+    import subprocess
+    import tempfile
+
+    import yaml
+
     from latentguard.server.config import builtin_deployments
+    from latentguard.server.harness.process import ServeProcess
     from latentguard.server.rpc.client import channel
     from latentguard.v1 import guardrail_pb2 as pb
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-    modes = {"batched": 8, "unbatched": 1}
-    servers, stubs = {}, {}
-    try:
-        for mode, size in modes.items():
-            cfg = next(d for d in builtin_deployments() if d.name == deployment)
-            cfg = cfg.model_copy(update={"max_batch_size": size, "max_queue": total})
-            servers[mode] = BackgroundServer(loopback_settings(deployments=[cfg])).start()
-            stubs[mode] = pb_grpc.GuardrailStub(channel(servers[mode].target))
+    out: dict[str, float] = {}
+    for mode, size in {"batched": 8, "unbatched": 1}.items():
+        cfg = next(d for d in builtin_deployments() if d.name == deployment)
+        cfg = cfg.model_copy(update={"max_batch_size": size, "max_queue": total})
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "latentguard.yaml"
+            dump = {"device": DEVICE, "deployments": [cfg.model_dump(mode="json", exclude_none=True)]}
+            config.write_text(yaml.safe_dump(dump))
+            server = ServeProcess(config=str(config), stderr=subprocess.DEVNULL)
+            try:
+                stub = pb_grpc.GuardrailStub(channel(server.wait_serving().target))
 
-        def call(mode: str, i: int) -> float:
-            t = time.perf_counter()
-            msg = pb.GenerateRequest(
-                deployment=deployment, prompt="a red circle on a blue background", seed=i
-            )
-            stubs[mode].Generate(msg, timeout=120)
-            return time.perf_counter() - t
-
-        lone: dict[str, list[float]] = {mode: [] for mode in modes}
-        for i in range(1 + 5 * repeats):  # the first round warms up
-            for mode in modes:
-                lone[mode].append(call(mode, i))
-        out = {f"{deployment}_{m}_lone_ms": statistics.median(v[1:]) * 1e3 for m, v in lone.items()}
-        for mode in modes:
-            with ThreadPoolExecutor(total) as pool:  # warm-up: the first batch of `total` is slower
-                list(pool.map(lambda i, m=mode: call(m, i), range(total)))
-            for inflight in (1, 2, 4, 8):
-                rounds = []
-                for _ in range(repeats):
+                def call(i: int, stub: pb_grpc.GuardrailStub = stub) -> float:
                     t = time.perf_counter()
-                    with ThreadPoolExecutor(inflight) as pool:
-                        list(pool.map(lambda i, m=mode: call(m, i), range(total)))
-                    rounds.append(time.perf_counter() - t)
-                out[f"{deployment}_{mode}_c{inflight}_rps"] = total / statistics.median(rounds)
-    finally:
-        for srv in servers.values():
-            srv.stop()
-    for mode in modes:
+                    msg = pb.GenerateRequest(
+                        deployment=deployment, prompt="a red circle on a blue background", seed=i
+                    )
+                    stub.Generate(msg, timeout=120)
+                    return time.perf_counter() - t
+
+                with ThreadPoolExecutor(total) as pool:  # warm-up, a full batch included
+                    list(pool.map(call, range(total)))
+                out[f"{deployment}_{mode}_lone_ms"] = (
+                    statistics.median(call(i) for i in range(10 * repeats)) * 1e3
+                )
+                for inflight in (1, 2, 4, 8):
+                    rounds = []
+                    for _ in range(repeats):
+                        t = time.perf_counter()
+                        with ThreadPoolExecutor(inflight) as pool:
+                            list(pool.map(call, range(total)))
+                        rounds.append(time.perf_counter() - t)
+                    out[f"{deployment}_{mode}_c{inflight}_rps"] = total / statistics.median(rounds)
+            finally:
+                server.terminate()
         c1, c8 = (out[f"{deployment}_{mode}_c{c}_rps"] for c in (1, 8))
         out[f"{deployment}_{mode}_c8_over_c1"] = c8 / c1
     out[f"{deployment}_lone_ms_batched_minus_unbatched"] = (
@@ -365,6 +402,8 @@ def main() -> None:
     results: dict[str, float] = {}
     pairs = (4, 6) if args.quick else (10, args.max_pairs)
     results.update(bench_guard_overhead(24, *pairs, layers=args.layers, head_dim=args.head_dim))
+    # before anything else computes on another thread: see its docstring
+    results.update(bench_second_compute_thread(repeats=3 if args.quick else 9))
     for deployment in ("tiny-sd3", "tiny-flux"):
         results.update(bench_batching(deployment, total=8, repeats=1 if args.quick else 3))
     results.update(bench_detector_costs(repeats=50 if args.quick else 500))

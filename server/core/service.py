@@ -1,6 +1,7 @@
 """The core service: deployments, admission, workers, cancellation, sessions. No gRPC in here.
 
-Each deployment has one worker thread (one pipeline, one device) and an admission count of
+Each deployment has a worker thread (one pipeline, one device; on CPU all deployments share one, see
+`compute_threads`) and an admission count of
 1 + `max_queue` requests; beyond that a request is refused at once (ResourceExhausted), never
 queued without bound. Admitted requests run in dynamic batches (batching.py). Model work runs on the
 worker, off the event loop. A cancelled or expired request leaves its batch at the next step
@@ -77,11 +78,23 @@ class RequestRecord:
     steps_run: int  # -1 when unknown (refused, or the run raised)
 
 
+def compute_threads(settings: Settings) -> Callable[[str], ThreadPoolExecutor]:
+    """The worker thread of each deployment. On CPU every deployment shares one: GNU OpenMP (torch's
+    CPU wheels) keeps a thread team per calling thread and, once it manages more threads than there
+    are CPUs, throttles its spin-waiting, so every small op pays a wake-up (a tiny-sd3 request 1.66x
+    slower: benchmarks/bench_service.py, `two_over_one_thread`). The CPU's cores are shared by the
+    deployments anyway. On a GPU each deployment gets its own thread (its kernels run asynchronously)."""
+    if settings.device != "cpu":
+        return lambda name: ThreadPoolExecutor(1, thread_name_prefix=f"lg-{name}")
+    shared = ThreadPoolExecutor(1, thread_name_prefix="lg-cpu")
+    return lambda name: shared
+
+
 class DeploymentWorker:
-    def __init__(self, dep: Deployment, settings: Settings, metrics: Metrics):
+    def __init__(self, dep: Deployment, settings: Settings, metrics: Metrics, executor: ThreadPoolExecutor):
         self.dep = dep
         self.runner = PipelineRunner(dep, backend=settings.backend)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"lg-{dep.name}")
+        self.executor = executor
         self.batcher = Batcher(
             self.runner,
             self.executor,
@@ -115,6 +128,7 @@ class GuardrailService:
         )
         self.inspect_sessions = 0
         self.recent: deque[RequestRecord] = deque(maxlen=256)
+        self.worker_thread = compute_threads(settings)
         self.shadow = ShadowMirror(settings.shadow, metrics)
         self.on_state_change: Callable[[State], None] | None = None
 
@@ -126,9 +140,11 @@ class GuardrailService:
 
     async def start(self) -> None:
         """Load every deployment (and warm it up) off the event loop, then report SERVING."""
+        loop = asyncio.get_running_loop()
         for cfg in self.settings.deployments:
-            dep = await asyncio.to_thread(load_deployment, cfg, self.settings.device)
-            worker = DeploymentWorker(dep, self.settings, self.metrics)
+            executor = self.worker_thread(cfg.name)
+            dep = await loop.run_in_executor(executor, load_deployment, cfg, self.settings.device)
+            worker = DeploymentWorker(dep, self.settings, self.metrics, executor)
             _, channels, max_h, max_w = dep.family.latent_shape(
                 dep.pipe, 1, *[self.settings.limits.max_side] * 2
             )
@@ -137,9 +153,7 @@ class GuardrailService:
             )
             if self.settings.warmup:
                 warm = resolve(GenerateRequest(dep.name, "warm-up", steps=2), dep, self.settings.limits)
-                await asyncio.get_running_loop().run_in_executor(
-                    worker.executor, worker.runner.generate, warm
-                )
+                await loop.run_in_executor(worker.executor, worker.runner.generate, warm)
             self.workers[dep.name] = worker
             self.metrics.set_capacity(dep.name, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)

@@ -104,7 +104,9 @@ def png_bytes(image: Image.Image | None) -> bytes:
     if image is None:
         return b""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    # zlib level 1: a 256 x 256 image in ~3 ms instead of ~11 ms at the default 6, ~25% more bytes;
+    # the same pixels (PNG is lossless), and every response of a batch is encoded on the event loop
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -251,3 +251,15 @@ def test_concurrent_grpc_requests_share_pipeline_calls_and_each_is_answered_and_
         before, "latentguard_batch_size_sum", deployment="tiny-flux"
     )
     assert requests_in_batches == 4 and batches < 4  # some shared a call
+
+
+def test_on_cpu_every_deployment_computes_on_one_thread_and_on_a_gpu_each_on_its_own(settings):
+    from latentguard.server.core.service import compute_threads
+
+    on_cpu = compute_threads(settings)
+    assert settings.device == "cpu" and on_cpu("tiny-sd3") is on_cpu("tiny-flux")
+    on_gpu = compute_threads(settings.model_copy(update={"device": "cuda"}))
+    a, b = on_gpu("tiny-sd3"), on_gpu("tiny-flux")
+    assert a is not b
+    for executor in (on_cpu("tiny-sd3"), a, b):
+        executor.shutdown()
