@@ -114,12 +114,8 @@ class GuardCallback(_LatentsCallback):
         on_leave: Callable[[int, torch.Tensor], None] | None = None,
     ):
         super().__init__(family, height, width)
-        self.make_guard, self.should_stop, self.on_step, self.on_leave = (
-            make_guard,
-            should_stop,
-            on_step,
-            on_leave,
-        )
+        self.make_guard = make_guard
+        self.should_stop, self.on_step, self.on_leave = should_stop, on_step, on_leave
         self.guard: RequestGuard | None = None
         self.active: list[int] = []
 
