@@ -314,7 +314,8 @@ def cost() -> dict:
     return dashboard(
         "latentguard-cost",
         "latentguard / Cost",
-        "What the guard costs per step, generation latency, and admission load (the autoscaling signal).",
+        "What the guard costs per step, generation latency, batching, and admission load "
+        "(the autoscaling signal).",
         [DEPLOYMENT, VARIANT],
         [
             Panel(
@@ -344,6 +345,17 @@ def cost() -> dict:
                     for q in (0.5, 0.95)
                 ],
                 unit="s",
+            ),
+            Panel(
+                "Requests per pipeline call (dynamic batching, mean over 5m)",
+                [
+                    (
+                        f"sum by (deployment) ({rate('latentguard_batch_size_sum', ONE)}) / "
+                        f"sum by (deployment) ({rate('latentguard_batch_size_count', ONE)})",
+                        "{{deployment}}",
+                    )
+                ],
+                description="1 when every request ran alone; up to max_batch_size under concurrent load.",
             ),
             Panel(
                 "Admitted requests vs capacity (all replicas)",
