@@ -104,7 +104,7 @@ class Metrics:
         )
         self.capacity = Gauge(
             "latentguard_admission_capacity",
-            "Requests a deployment admits at once (1 running + max_queue).",
+            "Requests a deployment admits at once (1 + max_queue, run in dynamic batches).",
             ["deployment"],
             registry=registry,
         )
