@@ -29,6 +29,7 @@ from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
 from latentguard.kernels import triton_stats
+from latentguard.kernels.stats import interpreted
 
 #: (name, max dynamic shared memory per block in bytes (opt-in), registers per SM) per compute capability
 ARCHS: dict[int, tuple[str, int, int]] = {
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", action="append", choices=sorted(DTYPES))
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles in parallel")
     args = parser.parse_args(argv)
-    if triton_stats.interpreted():
+    if interpreted():
         parser.error("TRITON_INTERPRET=1 runs kernels on the CPU and cannot compile them: unset it")
     grid = [(a, s, d) for a in args.arch or ARCHS for s in args.size or SIZES for d in args.dtype or DTYPES]
     failed = 0

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from typing import Literal
 
 import torch
 
 from latentguard.kernels.packing import PackedInt4
-from latentguard.kernels.stats import TrajectoryStats, check_shape
+from latentguard.kernels.stats import TrajectoryStats, check_shape, interpreted, padded_side
 from latentguard.kernels.torch_stats import trajectory_stats_torch
 
 Backend = Literal["auto", "triton", "reference"]
@@ -40,7 +39,7 @@ def triton_available(device: torch.device) -> bool:
     """CUDA tensors with Triton installed, or any tensor under the Triton interpreter (tests)."""
     if not _triton_installed():
         return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         return True
     return device.type == "cuda" and torch.cuda.is_available()
 
@@ -79,7 +78,7 @@ def resolve_backend(backend: Backend, device: torch.device) -> Literal["triton",
 def kernel_key(latents: torch.Tensor | PackedInt4) -> str:
     """What one compiled kernel covers: device type, input dtype, plane size padded to powers of two."""
     dtype = "int4" if isinstance(latents, PackedInt4) else str(latents.dtype).removeprefix("torch.")
-    h, w = (max(16, 1 << (n - 1).bit_length()) for n in latents.shape[-2:])
+    h, w = (padded_side(n) for n in latents.shape[-2:])
     return f"{latents.device.type} {dtype} {h}x{w}"
 
 
@@ -111,12 +110,11 @@ def warm_up(
     float32 input on `device` can need, so no request pays for a compile. Returns the kernel keys
     warmed on the Triton path (none where the backend resolves to the torch path, or under the
     interpreter, which compiles nothing)."""
-    if resolve_backend(backend, device) != "triton" or os.environ.get("TRITON_INTERPRET") == "1":
+    if resolve_backend(backend, device) != "triton" or interpreted():
         return []
-    sides = [16 << i for i in range(8)]
     warmed = []
-    for h in (s for s in sides if s // 2 < max_h):
-        for w in (s for s in sides if s // 2 < max_w):
+    for h in sorted({padded_side(n) for n in range(1, max_h + 1)}):
+        for w in sorted({padded_side(n) for n in range(1, max_w + 1)}):
             x = torch.zeros(1, channels, h, w, device=device)
             trajectory_stats(x, backend)
             warmed.append(kernel_key(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -19,6 +20,17 @@ EPS_ABS = 1e-30
 #: Signs of the 2 x 2 polyphase components (order 00, 01, 10, 11) for the checkerboard (-1)^(i+j),
 #: row (-1)^i and column (-1)^j patterns.
 PARITY_PATTERNS = ((1.0, -1.0, -1.0, 1.0), (1.0, 1.0, -1.0, -1.0), (1.0, -1.0, 1.0, -1.0))
+
+
+def padded_side(n: int) -> int:
+    """The side a Triton kernel tile has for a latent side of n: the next power of two, at least 16
+    (one compiled kernel per padded plane size)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def interpreted() -> bool:
+    """Triton kernels run in its CPU interpreter (the tests), which compiles nothing."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def check_shape(shape: tuple[int, ...]) -> None:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any
 
 import torch
@@ -55,7 +54,15 @@ import triton
 import triton.language as tl
 
 from latentguard.kernels.packing import PackedInt4
-from latentguard.kernels.stats import EPS_ABS, EPS_REL, HF_CUTOFF, RADIAL_BINS, TrajectoryStats
+from latentguard.kernels.stats import (
+    EPS_ABS,
+    EPS_REL,
+    HF_CUTOFF,
+    RADIAL_BINS,
+    TrajectoryStats,
+    interpreted,
+    padded_side,
+)
 
 # mean, var, hf, sr_peak, sr_freq, nonfinite, phase_imbalance, hf_flatness, crest, kurtosis, profile[BINS]
 _SCALARS = 10
@@ -304,10 +311,6 @@ def _trajectory_stats_kernel(
     tl.store(base + 4, tl.where(has_band, tl.sqrt(fy * fy + fx * fx), 0.0))
 
 
-def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 #: Rows per block (and contraction chunk): sizes every tile and tl.dot operand of the kernel.
 ROW_BLOCK = 16
 NUM_WARPS = 4
@@ -325,14 +328,10 @@ def _tiles(n: int, block: int, device: str) -> tuple[torch.Tensor, torch.Tensor]
     return cos.contiguous(), sin.contiguous()
 
 
-def interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def launch_constants(h: int, w: int, dtype: torch.dtype | None, group: int = 2) -> dict[str, Any]:
     """The compile-time constants of the kernel for one input (also the AOT check's); dtype None is
     a PackedInt4 with `group` values per scale."""
-    bh, bw = _block(h), _block(w)
+    bh, bw = padded_side(h), padded_side(w)
     return dict(
         GROUP=group,
         PACKED=dtype is None,

@@ -148,8 +148,8 @@ class GuardrailService:
             _, channels, max_h, max_w = dep.family.latent_shape(
                 dep.pipe, 1, *[self.settings.limits.max_side] * 2
             )
-            await asyncio.to_thread(
-                warm_up_kernels, dep.pipe.device, channels, max_h, max_w, self.settings.backend
+            await loop.run_in_executor(
+                executor, warm_up_kernels, dep.pipe.device, channels, max_h, max_w, self.settings.backend
             )
             if self.settings.warmup:
                 warm = resolve(GenerateRequest(dep.name, "warm-up", steps=2), dep, self.settings.limits)
