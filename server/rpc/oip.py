@@ -189,10 +189,10 @@ class InferenceServicer:
         result = await self.service.generate(
             request_from_infer(request), cancellation(context), decode="image" in outputs
         )
-        values = {
-            "image": convert.png_bytes(result.image),
-            "verdict": result.report.verdict.encode(),
-            "report": result.report.to_json().encode(),
+        values = {  # encoded only when asked for
+            "image": lambda: convert.png_bytes(result.image),
+            "verdict": lambda: result.report.verdict.encode(),
+            "report": lambda: result.report.to_json().encode(),
         }
         tensor = oip.ModelInferResponse.InferOutputTensor
         return oip.ModelInferResponse(
@@ -200,7 +200,7 @@ class InferenceServicer:
             model_version="1",
             id=request.id,
             outputs=[tensor(name=n, datatype=OUTPUTS[n], shape=[1]) for n in outputs],
-            raw_output_contents=[_pack_bytes(values[n]) for n in outputs],
+            raw_output_contents=[_pack_bytes(values[n]()) for n in outputs],
         )
 
 
