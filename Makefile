@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint profiles eval bench protos promtool clean train quality soak kernels-aot
+.PHONY: install demo test lint profiles eval eval-drift bench protos promtool clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,7 +70,8 @@ quality: $(STAMP)
 PROFILES := server/pipelines/profiles
 profiles: $(STAMP)
 	for d in tiny-sd3 tiny-flux tiny-sd3-fp8 tiny-sd3-int4; do \
-		$(BIN)/latentguard train-classifier --deployment $$d --out $(PROFILES)/$$d.json || exit 1; done
+		$(BIN)/latentguard train-classifier --deployment $$d --out $(PROFILES)/$$d.json || exit 1; \
+		$(BIN)/latentguard drift-reference --deployment $$d || exit 1; done
 
 ## kernels-aot: compile the Triton kernel for sm_80/86/89/90 here (no GPU) and check each fits
 kernels-aot: $(STAMP)
@@ -83,6 +84,10 @@ soak: $(STAMP) promtool
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)
 	$(BIN)/python evaluation/evaluate_detectors.py
+
+## eval-drift: fleet drift on the built-ins: false alarms, and which model changes are caught how fast
+eval-drift: $(STAMP)
+	$(BIN)/python evaluation/evaluate_drift.py
 
 ## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), service, shadow mode, Ray
 bench: $(STAMP)

@@ -302,6 +302,223 @@ def _calibrate(
     console.print(f"wrote {out}")
 
 
+def _next_to_profile(cfg, out: Path | None, path_of, what: str) -> Path:
+    """`out`, else the file next to the deployment's profile (where the server looks for it)."""
+    from latentguard.server.pipelines.deployments import profile_path
+
+    if out is not None:
+        return out
+    profile = profile_path(cfg)
+    if profile is None:
+        raise ValueError(f"{cfg.name} has no profile to put the {what} next to: pass --out")
+    return path_of(profile)
+
+
+@app.command("drift-reference")
+def drift_reference(
+    deployment: Annotated[str, typer.Option(help="Deployment name.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="File to write (default: next to the deployment's profile, NAME.drift.safetensors)."
+        ),
+    ] = None,
+    prompts: Prompts = None,
+    window: Annotated[int | None, typer.Option(help="Requests per compared window [64].")] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="False-alarm rate per window of an unchanged model [5e-4].")
+    ] = None,
+    null_windows: Annotated[
+        int | None, typer.Option(help="Resampled benign windows the thresholds come from [50000].")
+    ] = None,
+    batch_size: BatchSize = 8,
+    config: Config = None,
+) -> None:
+    """Record the fleet-drift reference: one benign run per calibration prompt, half of them the
+    reference, the other half the held-out windows that set the thresholds."""
+    _quiet_libraries()
+    from latentguard.server.config import Settings
+    from latentguard.server.errors import LatentguardError
+    from latentguard.server.offline.calibrate import split_by_prompt
+    from latentguard.server.offline.drift_reference import build_drift_reference
+    from latentguard.server.offline.trajectories import LocalCollector, default_prompts, read_prompts
+    from latentguard.server.pipelines.deployments import drift_reference_path, load_deployment
+
+    try:
+        settings = Settings.load(config)
+        cfg = settings.deployment(deployment)
+        out = _next_to_profile(cfg, out, drift_reference_path, "drift reference")
+        prompt_list = read_prompts(prompts) if prompts else default_prompts("calibration")
+        dep = load_deployment(cfg, settings.device, with_profile=False)
+        with _progress() as bar:
+            total = sum(len(half) for half in split_by_prompt(prompt_list, 0.5))
+            task = bar.add_task(f"drift reference of {deployment}", total=total)
+            given = {"window": window, "alpha": alpha, "null_windows": null_windows}
+            reference = build_drift_reference(
+                LocalCollector(dep, batch_size),
+                prompt_list,
+                out,
+                progress=lambda n: bar.advance(task, n),
+                **{k: v for k, v in given.items() if v is not None},  # None: detectors/drift.py's defaults
+            )
+    except (LatentguardError, ValueError, OSError) as exc:
+        _fail(exc)
+    console.print(
+        json.dumps({"runs": reference.runs, "window": reference.window, "thresholds": reference.thresholds})
+    )
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def attribute(
+    prompt: Annotated[str, typer.Option(help="Text prompt.")],
+    deployment: Annotated[str, typer.Option(help="A deployment with LoRA adapters.")],
+    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    steps: Annotated[int, typer.Option(help="Denoising steps (0: the deployment's default).")] = 0,
+    config: Config = None,
+) -> None:
+    """Run a request on an adapted deployment in this process, then replay it with every adapter
+    disabled: does the artifact go away?"""
+    _quiet_libraries()
+    from latentguard.server.config import Settings
+    from latentguard.server.errors import LatentguardError
+    from latentguard.server.pipelines.deployments import load_deployment
+    from latentguard.server.pipelines.requests import GenerateRequest, resolve
+    from latentguard.server.pipelines.runner import PipelineRunner
+
+    try:
+        settings = Settings.load(config)
+        cfg = settings.deployment(deployment)
+        if not cfg.adapters:
+            raise ValueError(f"{deployment} has no adapters to attribute to")
+        with console.status(f"loading {deployment}"):
+            dep = load_deployment(cfg, device=settings.device)
+        req = resolve(GenerateRequest(deployment, prompt, seed=seed, steps=steps), dep, settings.limits)
+        runner = PipelineRunner(dep, backend=settings.backend)
+        with console.status("with the adapters, then without"):
+            report = runner.generate(req, decode=False).report
+            attribution = runner.attribute(req, report)
+    except (LatentguardError, ValueError, OSError) as exc:
+        _fail(exc)
+    assert attribution is not None  # nothing stops a local replay
+    table = Table("", "verdict", "flagged")
+    table.add_row(
+        f"with {', '.join(attribution.adapters)}", report.verdict, ", ".join(report.flagged_detectors)
+    )
+    table.add_row(
+        "without adapters",
+        attribution.verdict_without_adapters,
+        ", ".join(attribution.flagged_without_adapters),
+    )
+    console.print(table)
+    if report.verdict == "pass":
+        console.print("nothing flagged with the adapters: nothing to attribute")
+    else:
+        caused = "the adapters cause it" if attribution.adapters_caused else "it stays without the adapters"
+        console.print(f"{deployment}: {caused}")
+
+
+@app.command("canary-reference")
+def canary_reference(
+    deployment: Annotated[str, typer.Option(help="Deployment name.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="File to write (default: next to the deployment's profile, NAME.canaries.safetensors)."
+        ),
+    ] = None,
+    config: Config = None,
+) -> None:
+    """Record the deployment's control-prompt canaries (`canaries.prompts` in the config)."""
+    _quiet_libraries()
+    from latentguard.server.config import Settings
+    from latentguard.server.errors import LatentguardError
+    from latentguard.server.pipelines.canaries import record
+    from latentguard.server.pipelines.deployments import canary_reference_path, load_deployment
+    from latentguard.server.pipelines.runner import PipelineRunner
+
+    try:
+        settings = Settings.load(config)
+        cfg = settings.deployment(deployment)
+        out = _next_to_profile(cfg, out, canary_reference_path, "canaries")
+        dep = load_deployment(cfg, settings.device, with_profile=False)
+        with console.status(f"recording {len(cfg.canaries.prompts)} canaries of {deployment}"):
+            canaries = record(PipelineRunner(dep), cfg.canaries.prompts)
+        canaries.save(out)
+    except (LatentguardError, ValueError, OSError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out} ({len(canaries.canaries)} canaries, model {canaries.fingerprint})")
+
+
+@app.command()
+def canary(
+    deployment: Annotated[str, typer.Option(help="Deployment name.")],
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of a running `latentguard serve`.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Load the deployment in this process.")] = False,
+    config: Config = None,
+    timeout: Annotated[float, typer.Option(help="Deadline for --target, seconds.")] = 300.0,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    token: Token = None,
+) -> None:
+    """Run a deployment's canaries now and compare them with their reference.
+
+    Exit code 0: the model matches its reference; 1: it changed; 2: error.
+    """
+    _quiet_libraries()
+    from latentguard.server.errors import LatentguardError
+
+    if local == (target is not None):
+        _fail(ValueError("give exactly one of --local or --target HOST:PORT"))
+    try:
+        if target is not None:
+            from latentguard.server.rpc.client import channel
+            from latentguard.v1 import guardrail_pb2 as pb
+            from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.GuardrailStub(channel(target, _client_tls(tls_ca, tls_cert, tls_key), token))
+            r = stub.RunCanaries(pb.RunCanariesRequest(deployment=deployment), timeout=timeout)
+            rows = [(c.prompt, c.seed, c.steps, c.divergence, c.first_divergent_step) for c in r.canaries]
+            divergence, tolerance, changed = r.divergence, r.tolerance, r.changed
+        else:
+            rows, divergence, tolerance, changed = _canary_local(deployment, config)
+    except (LatentguardError, ValueError, OSError) as exc:
+        _fail(exc)
+    except Exception as exc:  # grpc.RpcError: say what the server said
+        if hasattr(exc, "code") and hasattr(exc, "details"):
+            _fail(RuntimeError(f"{exc.code().name}: {exc.details()}"))
+        raise
+    table = Table("prompt", "seed", "steps", "divergence", "first divergent step")
+    for prompt, seed, steps, div, first in rows:
+        table.add_row(prompt, str(seed), str(steps), f"{div:.3g}", str(first) if first >= 0 else "-")
+    console.print(table)
+    verdict = "[red]changed" if changed else "[green]unchanged"
+    console.print(f"{deployment}: {verdict}[/] (divergence {divergence:.3g}, tolerance {tolerance:.3g})")
+    raise typer.Exit(1 if changed else 0)
+
+
+def _canary_local(deployment: str, config: Path | None):
+    from latentguard.server.config import Settings
+    from latentguard.server.errors import FailedPrecondition
+    from latentguard.server.pipelines.canaries import run_round
+    from latentguard.server.pipelines.deployments import load_deployment
+    from latentguard.server.pipelines.runner import PipelineRunner
+
+    settings = Settings.load(config)
+    cfg = settings.deployment(deployment)
+    dep = load_deployment(cfg, settings.device)
+    if dep.canaries is None:
+        raise FailedPrecondition(f"{deployment} has no canary reference (run `latentguard canary-reference`)")
+    report = run_round(PipelineRunner(dep), dep.canaries, cfg.canaries.tolerance)
+    assert report is not None  # nothing stops a local round
+    rows = [
+        (r.canary.prompt, r.canary.seed, r.canary.steps, r.divergence, r.first_divergent_step)
+        for r in report.results
+    ]
+    return rows, report.divergence, report.tolerance, report.changed
+
+
 @app.command()
 def ab(
     baseline: Annotated[str, typer.Option(help="The 16-bit deployment (reference).")],

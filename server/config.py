@@ -33,6 +33,52 @@ class PolicyConfig(BaseModel):
     on_error: OnError = OnError.FAIL_OPEN
 
 
+class AdapterConfig(BaseModel):
+    """A LoRA adapter applied to the deployment's denoiser (diffusers `load_lora_weights`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # also the `adapter` metric label
+    path: str  # a local .safetensors file in diffusers' LoRA layout, or the folder holding one
+    scale: float = 1.0
+
+
+class DriftConfig(BaseModel):
+    """Fleet drift of this deployment's requests against its drift reference (server/core/drift.py)."""
+
+    enabled: bool = True  # needs a reference; without one the deployment logs that drift is off
+    reference: str | None = None  # default: next to the profile (`latentguard drift-reference` writes it)
+    every: int = Field(16, ge=1)  # re-score the window after this many new comparable requests
+    permutations: int = Field(2000, ge=99, le=100_000)  # MMD permutation p-value
+
+
+class CanaryPrompt(BaseModel):
+    prompt: str = Field(min_length=1)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    steps: int | None = Field(None, ge=1)  # None: the deployment's default
+
+
+def default_canaries() -> list[CanaryPrompt]:
+    return [
+        CanaryPrompt(prompt="a red circle on a blue background", seed=1),
+        CanaryPrompt(prompt="two yellow squares on a white background", seed=2),
+        CanaryPrompt(prompt="a large green triangle at the top left on a black background", seed=3),
+    ]
+
+
+class CanaryConfig(BaseModel):
+    """Control-prompt canaries (server/core/canaries.py): fixed prompts and seeds whose trajectories
+    are recorded once (`latentguard canary-reference`) and compared when the server is idle."""
+
+    enabled: bool = True  # needs a reference; without one the deployment logs that canaries are off
+    prompts: list[CanaryPrompt] = Field(default_factory=default_canaries)  # what canary-reference records
+    reference: str | None = None  # default: next to the profile, NAME.canaries.safetensors
+    interval_seconds: float = Field(300.0, gt=0)  # a round of canaries at most this often
+    max_wait_seconds: float = Field(60.0, ge=0)  # for the server to be idle; then the round is skipped
+    # divergence above which the model no longer matches its reference: CPU runs are deterministic
+    # (0 measured); GPU kernels are not bitwise reproducible across batch shapes and libraries, so
+    # raise it there after measuring an unchanged model (README, "Canaries")
+    tolerance: float = Field(1e-3, gt=0)
+
+
 class DeploymentConfig(BaseModel):
     name: str
     model: str  # "tiny-sd3" | "tiny-flux" | a local diffusers folder | a hub id
@@ -51,9 +97,22 @@ class DeploymentConfig(BaseModel):
     profile: str | None = None  # calibration profile path; built-in models ship their own
     baseline: str | None = None  # for a quantized candidate: the 16-bit deployment it may replace
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    # replay a flagged request with the adapters disabled and say in its report whether the artifact
+    # goes away (costs a second run per flagged request)
+    attribution: bool = False
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    canaries: CanaryConfig = Field(default_factory=CanaryConfig)
 
     @model_validator(mode="after")
     def _known_detectors(self) -> DeploymentConfig:
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be unique, got {names}")
+        if self.adapters and self.variant not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"adapters need a 16/32-bit variant (fp32, bf16, fp16), not {self.variant}")
+        if self.attribution and not self.adapters:
+            raise ValueError("attribution replays requests without the adapters: list at least one adapter")
         unknown = set(self.policies) - set(DETECTOR_NAMES)
         if unknown:
             raise ValueError(

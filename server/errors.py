@@ -18,6 +18,10 @@ class NotFound(LatentguardError):
         return cls(f"unknown deployment {name!r}; serving: {', '.join(known) or 'none'}")
 
 
+class FailedPrecondition(LatentguardError):
+    """The request is valid but the deployment is not set up for it (e.g. no canary reference)."""
+
+
 class ResourceExhausted(LatentguardError):
     pass
 

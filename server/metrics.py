@@ -15,6 +15,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from latentguard.detectors import DETECTOR_NAMES
+from latentguard.detectors.drift import METHODS as DRIFT_METHODS
 from latentguard.kernels.dispatch import fallbacks as kernel_fallbacks
 from latentguard.server.report import Report
 
@@ -22,6 +23,7 @@ Outcome = Literal["ok", "flagged", "aborted", "rejected", "error", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error", "cancelled")
 GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error", "cancelled")
 SHADOW_OUTCOMES = ("compared", "skipped", "preempted", "error")
+CANARY_OUTCOMES = ("compared", "skipped", "preempted", "error")
 AUTH_FAILURE_REASONS = ("missing_token", "unknown_token", "deployment_denied", "inspect_denied")
 
 
@@ -31,6 +33,7 @@ class DeploymentLabels:
     family: str
     variant: str
     baseline: str = ""  # the 16-bit deployment this one is a candidate to replace ("" for none)
+    adapters: tuple[tuple[str, float], ...] = ()  # (LoRA adapter, scale)
 
 
 def outcome_of(report: Report) -> Outcome:
@@ -87,6 +90,27 @@ class Metrics:
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
+        self.drift_score = Gauge(
+            "latentguard_drift_score",
+            "Fleet drift of the last window of requests against the drift reference, per method "
+            "(kl, angle, mmd), divided by its threshold: above 1 is an alarm (0 until a window is full).",
+            ["deployment", "method"],
+            registry=registry,
+        )
+        self.canary_divergence = Gauge(
+            "latentguard_canary_divergence",
+            "Largest divergence of the deployment's canaries (fixed control requests) from their recorded "
+            "reference in the last compared round (0 until one).",
+            ["deployment"],
+            registry=registry,
+        )
+        self.drift_pvalue = Gauge(
+            "latentguard_drift_pvalue",
+            "Permutation p-value of the last window's MMD against the drift reference "
+            "(1 until a window is full).",
+            ["deployment"],
+            registry=registry,
+        )
 
     def _define_operations(self, registry: CollectorRegistry) -> None:
         """Beyond the contract: what the alert rules, dashboards and autoscaler join on."""
@@ -114,6 +138,36 @@ class Metrics:
             ["deployment"],
             registry=registry,
             buckets=(1, 2, 4, 8, 16, 32),
+        )
+        self.drift_window = Gauge(
+            "latentguard_drift_window_requests",
+            "Requests in the fleet-drift window (scores are published once it holds the reference's window).",
+            ["deployment"],
+            registry=registry,
+        )
+        self.drift_evaluations = Counter(
+            "latentguard_drift_evaluations",
+            "Fleet-drift windows scored.",
+            ["deployment"],
+            registry=registry,
+        )
+        self.canary_tolerance = Gauge(
+            "latentguard_canary_tolerance",
+            "Canary divergence above which the model no longer matches its reference (config).",
+            ["deployment"],
+            registry=registry,
+        )
+        self.canary_runs = Counter(
+            "latentguard_canary_runs",
+            "Rounds of canaries by outcome (compared, skipped, preempted, error).",
+            ["deployment", "outcome"],
+            registry=registry,
+        )
+        self.adapter_scale = Gauge(
+            "latentguard_adapter_scale",
+            "Always the configured scale of each LoRA adapter a deployment applies.",
+            ["deployment", "adapter"],
+            registry=registry,
         )
         self.info = Gauge(
             "latentguard_deployment_info",
@@ -161,6 +215,16 @@ class Metrics:
             self.capacity.labels(d.deployment)
             self.step_check.labels(d.deployment)
             self.batch_size.labels(d.deployment)
+            self.drift_window.labels(d.deployment)
+            self.drift_evaluations.labels(d.deployment)
+            self.drift_pvalue.labels(d.deployment).set(1)
+            self.canary_divergence.labels(d.deployment)
+            for outcome in CANARY_OUTCOMES:
+                self.canary_runs.labels(d.deployment, outcome)
+            for method in DRIFT_METHODS:
+                self.drift_score.labels(d.deployment, method)
+            for adapter, scale in d.adapters:
+                self.adapter_scale.labels(d.deployment, adapter).set(scale)
             for outcome in OUTCOMES:
                 self.requests.labels(d.deployment, d.family, d.variant, outcome)
             for outcome in GENERATION_OUTCOMES:
@@ -187,6 +251,24 @@ class Metrics:
             per_step.observe(step.guard_seconds)
         if seconds is not None:
             self.generation.labels(d.deployment, outcome).observe(seconds)
+
+    def set_drift_window(self, deployment: str, requests: int) -> None:
+        self.drift_window.labels(deployment).set(requests)
+
+    def set_drift(self, deployment: str, scores: dict[str, float], pvalue: float) -> None:
+        for method, score in scores.items():
+            self.drift_score.labels(deployment, method).set(score)
+        self.drift_pvalue.labels(deployment).set(pvalue)
+        self.drift_evaluations.labels(deployment).inc()
+
+    def set_canary_tolerance(self, deployment: str, tolerance: float) -> None:
+        self.canary_tolerance.labels(deployment).set(tolerance)
+
+    def set_canary(self, deployment: str, divergence: float) -> None:
+        self.canary_divergence.labels(deployment).set(divergence)
+
+    def canary_outcome(self, deployment: str, outcome: str) -> None:
+        self.canary_runs.labels(deployment, outcome).inc()
 
     def set_capacity(self, deployment: str, capacity: int) -> None:
         self.capacity.labels(deployment).set(capacity)

@@ -17,6 +17,16 @@ class Timings:
 
 
 @dataclass
+class Attribution:
+    """A flagged request replayed with the deployment's adapters disabled (proto `Attribution`)."""
+
+    adapters: list[str]
+    verdict_without_adapters: Verdict
+    flagged_without_adapters: list[str]
+    adapters_caused: bool  # the artifact goes away without the adapters
+
+
+@dataclass
 class Report:
     verdict: Verdict
     deployment: str
@@ -32,6 +42,7 @@ class Report:
     timings: Timings = field(default_factory=Timings)
     profile: str = ""  # calibration profile fingerprint
     profile_exact: bool = True  # request used the calibrated resolution and schedule
+    attribution: Attribution | None = None
 
     @property
     def flagged_detectors(self) -> list[str]:
@@ -44,8 +55,14 @@ class Report:
     def from_dict(d: dict[str, Any]) -> Report:
         """Inverse of to_dict; also takes protobuf JSON (64-bit integers arrive as strings)."""
         steps = [StepReport(**{**x, "nonfinite": int(x["nonfinite"])}) for x in d.get("steps", [])]
+        attribution = d.get("attribution")
         return Report(
-            **{k: v for k, v in d.items() if k not in ("detectors", "steps", "timings", "seed")},
+            **{
+                k: v
+                for k, v in d.items()
+                if k not in ("detectors", "steps", "timings", "seed", "attribution")
+            },
+            attribution=Attribution(**attribution) if attribution else None,
             seed=int(d["seed"]),
             detectors=[DetectorResult(**x) for x in d.get("detectors", [])],
             steps=steps,

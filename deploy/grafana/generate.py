@@ -226,6 +226,58 @@ def drift() -> dict:
                 width=24,
             ),
             Panel(
+                "Fleet drift: score per method / threshold  (alert above 1 for 10m)",
+                [
+                    (
+                        f"max by (deployment, method) (latentguard_drift_score{{{ONE}}})",
+                        "{{deployment}} {{method}}",
+                    )
+                ],
+                description="The last window of requests against the drift reference (server/core/drift.py).",
+            ),
+            Panel(
+                "Fleet drift: MMD permutation p-value",
+                [(f"min by (deployment) (latentguard_drift_pvalue{{{ONE}}})", "{{deployment}}")],
+                description="Below 0.001 on consecutive windows: the requests are not from the reference "
+                "population.",
+                extra={"fieldConfig": {"defaults": {"unit": "short", "min": 0, "max": 1}, "overrides": []}},
+            ),
+            Panel(
+                "Canaries: divergence from the recorded reference  (alert above the tolerance)",
+                [
+                    (f"max by (deployment) (latentguard_canary_divergence{{{ONE}}})", "{{deployment}}"),
+                    (
+                        f"max by (deployment) (latentguard_canary_tolerance{{{ONE}}})",
+                        "{{deployment}} tolerance",
+                    ),
+                ],
+                description="Control-prompt canaries, run when the server is idle (server/core/canaries.py).",
+            ),
+            Panel(
+                "Canary rounds by outcome",
+                [
+                    (
+                        "sum by (deployment, outcome) "
+                        f"(increase(latentguard_canary_runs_total{{{ONE}}}[1h]))",
+                        "{{deployment}} {{outcome}}",
+                    )
+                ],
+            ),
+            Panel(
+                "Fleet drift: requests in the window / windows scored per minute",
+                [
+                    (
+                        f"min by (deployment) (latentguard_drift_window_requests{{{ONE}}})",
+                        "{{deployment}} window",
+                    ),
+                    (
+                        f"sum by (deployment) ({rate('latentguard_drift_evaluations_total', ONE)}) * 60",
+                        "{{deployment}} scored/min",
+                    ),
+                ],
+                width=24,
+            ),
+            Panel(
                 "Detector score p50 / p95 (step-normalised; threshold ~ calibrated line)",
                 [
                     (

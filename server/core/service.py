@@ -28,16 +28,20 @@ from latentguard.detectors import StepVerdict
 from latentguard.kernels.dispatch import warm_up as warm_up_kernels
 from latentguard.server.config import Settings, ShadowConfig
 from latentguard.server.core.batching import Batcher
+from latentguard.server.core.canaries import Canaries
+from latentguard.server.core.drift import FleetDrift
 from latentguard.server.core.sessions import InspectSession
 from latentguard.server.core.shadow import ShadowJob, ShadowMirror
 from latentguard.server.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
 from latentguard.server.metrics import DeploymentLabels, Metrics, Outcome, outcome_of
+from latentguard.server.pipelines.canaries import CanaryReport
 from latentguard.server.pipelines.deployments import Deployment, load_deployment
 from latentguard.server.pipelines.requests import GenerateRequest, ResolvedRequest, resolve
 from latentguard.server.pipelines.runner import Element, GenerateResult, PipelineRunner, StepHook
@@ -130,6 +134,8 @@ class GuardrailService:
         self.recent: deque[RequestRecord] = deque(maxlen=256)
         self.worker_thread = compute_threads(settings)
         self.shadow = ShadowMirror(settings.shadow, metrics)
+        self.drift = FleetDrift(metrics)
+        self.canaries = Canaries(metrics, self.primary_busy)
         self.on_state_change: Callable[[State], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -155,6 +161,10 @@ class GuardrailService:
                 warm = resolve(GenerateRequest(dep.name, "warm-up", steps=2), dep, self.settings.limits)
                 await loop.run_in_executor(worker.executor, worker.runner.generate, warm)
             self.workers[dep.name] = worker
+            if dep.drift is not None:
+                self.drift.watch(dep.name, dep.drift, cfg.drift)
+            if dep.canaries is not None:
+                self.canaries.watch(dep.name, worker.runner, worker.executor, cfg.canaries)
             self.metrics.set_capacity(dep.name, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
             if self.state != "warming":  # drained while loading: never report serving
@@ -164,12 +174,14 @@ class GuardrailService:
     def drain(self) -> None:
         self._set_state("draining")
         self.shadow.close()
+        self.canaries.close()
 
     def close(self) -> None:
         for w in self.workers.values():
             w.batcher.close(Unavailable("latentguard is shutting down"))
             w.executor.shutdown(wait=False, cancel_futures=True)
         self.inspect_executor.shutdown(wait=False, cancel_futures=True)
+        self.drift.close()
 
     def _check_serving(self) -> None:
         if self.state != "serving":
@@ -241,11 +253,33 @@ class GuardrailService:
             log.info("request on %s cancelled after %d steps", req.deployment, report.steps_run)
             raise asyncio.CancelledError()
         self._finished(report, seconds)
+        if result.drift_summary is not None:
+            self.drift.add(req.deployment, result.drift_summary)
         if mirrors:
             self._mirror(mirrors, resolved, result)
             if not resolved.return_trajectory:
                 result = dataclasses.replace(result, trajectory=None)
-        return result
+        return await self._attributed(worker, resolved, result, cancel)
+
+    async def _attributed(
+        self, worker: DeploymentWorker, req: ResolvedRequest, result: GenerateResult, cancel: Cancellation
+    ) -> GenerateResult:
+        """A deployment with `attribution` replays a flagged request without its adapters, on its
+        worker, after the request is counted (the replay holds no admission slot)."""
+        if not worker.dep.config.attribution or result.report.verdict == "pass":
+            return result
+        loop = asyncio.get_running_loop()
+        replay = loop.run_in_executor(
+            worker.executor, worker.runner.attribute, req, result.report, cancel.should_stop
+        )
+        try:
+            attribution = await asyncio.shield(replay)
+        except asyncio.CancelledError:
+            cancel.cancel()  # the caller left: stop the replay at its next step
+            raise
+        if attribution is None:  # stopped by its deadline: answer without it
+            return result
+        return dataclasses.replace(result, report=dataclasses.replace(result.report, attribution=attribution))
 
     def _mirror(self, mirrors: list[ShadowConfig], resolved: ResolvedRequest, result: GenerateResult) -> None:
         finished = result.report.steps_run == result.report.steps_requested
@@ -263,6 +297,17 @@ class GuardrailService:
 
         Called from worker threads; it only reads ints and a string."""
         return self.state != "serving" or any(w.admitted for w in self.workers.values())
+
+    async def run_canaries(self, deployment: str) -> CanaryReport:
+        """The RunCanaries RPC: a deployment's canaries now, to the end."""
+        self.worker(deployment)  # serving, and a known deployment
+        if deployment not in self.canaries.watched:
+            raise FailedPrecondition(
+                f"deployment {deployment} has no canary reference (run `latentguard canary-reference`)"
+            )
+        report = await self.canaries.run(deployment)
+        assert report is not None  # only a preemptible round stops early
+        return report
 
     # --- accounting: the one place where a request's outcome is recorded --------------------------
     def _finished(self, report: Report, seconds: float | None = None) -> None:
@@ -345,4 +390,9 @@ class InspectCall:
 
 
 def deployment_labels(settings: Settings) -> list[DeploymentLabels]:
-    return [DeploymentLabels(d.name, d.family, d.variant, d.baseline or "") for d in settings.deployments]
+    return [
+        DeploymentLabels(
+            d.name, d.family, d.variant, d.baseline or "", tuple((a.name, a.scale) for a in d.adapters)
+        )
+        for d in settings.deployments
+    ]

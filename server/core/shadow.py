@@ -8,9 +8,8 @@ artifact rate is measured on mirrored traffic (the A/B dashboard and alert read 
 
 Bounds, so that shadow load never starves primary traffic:
 - at most `max_pending` shadow runs per pair at once (waiting or running); beyond that, skipped;
-- a shadow run starts only once no primary request is admitted anywhere in the server (checked every
-  IDLE_POLL seconds, from IDLE_POLL after the primary answered, since a client's next request usually
-  follows its answer within milliseconds); if that takes over `max_wait_seconds`, it is skipped;
+- a shadow run starts only once no primary request is admitted anywhere in the server (idle.py); if
+  that takes over `max_wait_seconds`, it is skipped;
 - a running shadow yields: it stops at the next step boundary as soon as a primary request is
   admitted (outcome `preempted`), so a primary request waits at most about one denoising step.
 Every sampled request ends in one outcome: compared, skipped, preempted or error.
@@ -27,13 +26,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from latentguard.server.config import ShadowConfig
+from latentguard.server.core.idle import until_idle
 from latentguard.server.metrics import Metrics
 from latentguard.server.pipelines.requests import ResolvedRequest
 from latentguard.server.pipelines.runner import PipelineRunner
 from latentguard.server.pipelines.trajectory_record import RecordedTrajectory, relative_l2
 
 log = logging.getLogger(__name__)
-IDLE_POLL = 0.05  # seconds
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class ShadowMirror:
         shadow = dataclasses.replace(job.request, deployment=cfg.candidate, return_trajectory=True)
         outcome = "error"
         try:
-            if not await self._until_idle(job.primary_busy, cfg.max_wait_seconds):
+            if not await until_idle(job.primary_busy, cfg.max_wait_seconds, lambda: self.closing):
                 outcome = "skipped"
                 return
             result = await asyncio.get_running_loop().run_in_executor(
@@ -105,16 +104,6 @@ class ShadowMirror:
         finally:
             self.pending[(cfg.baseline, cfg.candidate)] -= 1
             self.metrics.shadow_outcome(cfg.baseline, cfg.candidate, outcome)
-
-    async def _until_idle(self, primary_busy: Callable[[], bool], max_wait: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait
-        await asyncio.sleep(IDLE_POLL)
-        while primary_busy():
-            if self.closing or loop.time() >= deadline:
-                return False
-            await asyncio.sleep(IDLE_POLL)
-        return not self.closing
 
     def close(self) -> None:
         """Draining: runs not yet started are skipped; running ones stop at their next step."""

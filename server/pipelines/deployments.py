@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,8 +21,11 @@ from latentguard.detectors import (
     build_detectors,
     default_policies,
 )
+from latentguard.detectors.drift import DriftReference
 from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
+from latentguard.server.pipelines.adapters import apply_adapters
+from latentguard.server.pipelines.canaries import CanarySet
 from latentguard.server.pipelines.families import FAMILIES, FamilyOps, Pipeline
 from latentguard.server.pipelines.quantization import (
     QUANTIZED,
@@ -124,10 +128,13 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
         transformer = base.transformer
         if config.variant in QUANTIZED:
             transformer = quantize_transformer(copy.deepcopy(base.transformer), config.variant)
+        elif config.adapters:
+            transformer = copy.deepcopy(base.transformer)
         cls = FAMILIES[config.family].pipeline_class
         names = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
         shared = {k: getattr(base, k, None) for k in names}
         pipe = cls(**{**shared, "transformer": transformer, "scheduler": copy.deepcopy(base.scheduler)})
+        apply_adapters(pipe, config.adapters, config.name)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -148,6 +155,16 @@ def builtin_profile_path(model: str, variant: str = "fp32") -> Path:
     return Path(__file__).parent / "profiles" / f"{name}.json"
 
 
+def drift_reference_path(profile: str | Path) -> Path:
+    """A profile's fleet-drift reference lives next to it: tiny-sd3.json -> tiny-sd3.drift.safetensors."""
+    return Path(profile).with_suffix(".drift.safetensors")
+
+
+def canary_reference_path(profile: str | Path) -> Path:
+    """A profile's canaries live next to it: tiny-sd3.json -> tiny-sd3.canaries.safetensors."""
+    return Path(profile).with_suffix(".canaries.safetensors")
+
+
 @dataclass
 class Deployment:
     config: DeploymentConfig
@@ -158,6 +175,8 @@ class Deployment:
     profile: CalibrationProfile | None = None
     detectors: dict[str, Detector] = field(default_factory=dict)
     policies: dict[str, DetectorPolicy] = field(default_factory=default_policies)
+    drift: DriftReference | None = None  # what fleet drift compares this deployment's traffic with
+    canaries: CanarySet | None = None  # recorded control-prompt canaries
 
     @property
     def name(self) -> str:
@@ -192,14 +211,62 @@ def load_deployment(config: DeploymentConfig, device: str = "cpu", with_profile:
     dep.policies = policies
     if with_profile:
         attach_profile(dep)
+        attach_references(dep)
     return dep
 
 
+def profile_path(config: DeploymentConfig) -> str | None:
+    """The configured profile, or the one a built-in model ships (None: uncalibrated)."""
+    if config.profile is None and config.model in BUILTIN_MODELS:
+        candidate = builtin_profile_path(config.model, config.variant)
+        return str(candidate) if candidate.is_file() else None
+    return config.profile
+
+
+def _load_reference(
+    dep: Deployment, what: str, enabled: bool, configured: str | None, default: Path | None, load
+) -> Any:
+    """A drift or canary reference: the configured file (which must exist), else the one next to the
+    profile if there is one; None when disabled or absent (logged)."""
+    if not enabled:
+        return None
+    if configured is not None and not Path(configured).is_file():
+        raise ModelLoadError(f"{dep.name}: {what} {configured} does not exist")
+    path = Path(configured) if configured is not None else default
+    if path is None or not path.is_file():
+        log.warning("%s: no %s; it is off (run `latentguard %s`)", dep.name, what, what.replace(" ", "-"))
+        return None
+    try:
+        reference = load(path)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"{dep.name}: cannot read {what} {path}: {exc}") from exc
+    if reference.fingerprint != dep.fingerprint:
+        log.warning(
+            "%s: %s %s was recorded on model %s but this model is %s; it will show the change",
+            dep.name,
+            what,
+            path,
+            reference.fingerprint,
+            dep.fingerprint,
+        )
+    return reference
+
+
+def attach_references(dep: Deployment) -> None:
+    """The fleet-drift reference and the canaries, next to the profile unless configured."""
+    cfg, profile = dep.config, profile_path(dep.config)
+    drift_default = drift_reference_path(profile) if profile else None
+    canary_default = canary_reference_path(profile) if profile else None
+    dep.drift = _load_reference(
+        dep, "drift reference", cfg.drift.enabled, cfg.drift.reference, drift_default, DriftReference.load
+    )
+    dep.canaries = _load_reference(
+        dep, "canary reference", cfg.canaries.enabled, cfg.canaries.reference, canary_default, CanarySet.load
+    )
+
+
 def attach_profile(dep: Deployment) -> None:
-    path = dep.config.profile
-    if path is None and dep.config.model in BUILTIN_MODELS:
-        candidate = builtin_profile_path(dep.config.model, dep.config.variant)
-        path = str(candidate) if candidate.is_file() else None
+    path = profile_path(dep.config)
     if path is None:
         log.warning(
             "%s: no calibration profile; only non_finite is active (run `latentguard calibrate`)", dep.name

@@ -13,22 +13,26 @@ the batch of one.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks
 from PIL import Image
 
 from latentguard.detectors import Detector, Drill, RequestGuard, StepVerdict
+from latentguard.detectors.drift import request_summary
 from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import Backend
+from latentguard.server.pipelines.adapters import adapters_disabled
 from latentguard.server.pipelines.callbacks import DrillCallback, GuardCallback, RecordCallback
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.requests import ResolvedRequest
 from latentguard.server.pipelines.trajectory_record import RecordedTrajectory
-from latentguard.server.report import Report, Timings
+from latentguard.server.report import Attribution, Report, Timings
 
 StepHook = Callable[[StepVerdict], None]
 
@@ -57,6 +61,9 @@ class GenerateResult:
     image: Image.Image | None
     report: Report
     trajectory: RecordedTrajectory | None = None  # when the request asked for it
+    # fleet drift: the request's summary (detectors/drift.py), when it ran its whole trajectory,
+    # undrilled, at the deployment's drift reference's schedule, size and guidance
+    drift_summary: np.ndarray | None = None
 
 
 @dataclass
@@ -166,6 +173,25 @@ class PipelineRunner:
     ) -> GenerateResult:
         return self.generate_batch([Element(req, should_stop, on_step, decode)])[0]
 
+    def attribute(
+        self, req: ResolvedRequest, report: Report, should_stop: Callable[[], bool] | None = None
+    ) -> Attribution | None:
+        """Replay a flagged request with every adapter disabled: does the artifact go away? None when
+        the replay was stopped before its last step."""
+        with adapters_disabled(self.dep.pipe):
+            replay = self.generate(
+                dataclasses.replace(req, return_trajectory=False), should_stop, decode=False
+            )
+        alone = replay.report
+        if alone.steps_run < alone.steps_requested and alone.verdict != "abort":
+            return None
+        return Attribution(
+            adapters=[a.name for a in self.dep.config.adapters],
+            verdict_without_adapters=alone.verdict,
+            flagged_without_adapters=alone.flagged_detectors,
+            adapters_caused=report.verdict != "pass" and alone.verdict == "pass",
+        )
+
     def generate_batch(self, elements: list[Element]) -> list[GenerateResult]:
         """Run requests of one `batch_key` as one pipeline call; each element's result is what it
         would get alone (up to float rounding of batched kernels: see the README)."""
@@ -188,7 +214,8 @@ class PipelineRunner:
             seconds = time.perf_counter() - start
             report = build_report(dep, run.guard, i, req.seed, req.steps, drill, seconds, exact)
             wanted = run.trajectory if el.request.return_trajectory else None
-            results[i] = GenerateResult(image, report, wanted.element(i) if wanted else None)
+            summary = drift_summary(dep, run.guard, i, req) if report.verdict != "abort" else None
+            results[i] = GenerateResult(image, report, wanted.element(i) if wanted else None, summary)
             if el.answer is not None:
                 el.answer(results[i])
 
@@ -223,6 +250,15 @@ class PipelineRunner:
         for i in rest:
             answer(i, run, decoded.get(i))
         return [results[i] for i in range(len(elements))]
+
+
+def drift_summary(dep: Deployment, guard: RequestGuard, i: int, req: ResolvedRequest) -> np.ndarray | None:
+    comparable = dep.drift is not None and dep.drift.matches(
+        req.steps, req.height, req.width, req.guidance_scale
+    )
+    if not comparable or req.drill is not None or guard.steps_run != req.steps:
+        return None
+    return request_summary(guard.monitor.stacked().index(slice(i, i + 1)))[0]
 
 
 def build_report(

@@ -9,6 +9,7 @@ from google.protobuf.json_format import MessageToDict
 from PIL import Image
 
 from latentguard.detectors import StepVerdict
+from latentguard.server.pipelines.canaries import CanaryReport
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.requests import GenerateRequest
 from latentguard.server.pipelines.runner import GenerateResult
@@ -68,11 +69,13 @@ def report_from_proto(msg: pb.Report) -> Report:
 
 def report_to_proto(report: Report) -> pb.Report:
     d = report.to_dict()
+    attribution = d.pop("attribution")
     return pb.Report(
         **{k: v for k, v in d.items() if k not in ("detectors", "steps", "timings")},
         detectors=[pb.DetectorResult(**x) for x in d["detectors"]],
         steps=[pb.StepReport(**x) for x in d["steps"]],
         timings=pb.Timings(**d["timings"]),
+        attribution=pb.Attribution(**attribution) if attribution else None,
     )
 
 
@@ -123,4 +126,27 @@ def deployment_to_proto(dep: Deployment) -> pb.DeploymentInfo:
         profile=dep.profile.fingerprint if dep.profile else "",
         detectors=list(dep.detectors),
         transformer_bytes=dep.weight_bytes,
+        adapters=[pb.Adapter(name=a.name, scale=a.scale) for a in c.adapters],
+        attribution=c.attribution,
+        drift=dep.drift is not None,
+        canaries=len(dep.canaries.canaries) if dep.canaries else 0,
+    )
+
+
+def canaries_to_proto(report: CanaryReport) -> pb.RunCanariesResponse:
+    return pb.RunCanariesResponse(
+        deployment=report.deployment,
+        canaries=[
+            pb.CanaryResult(
+                prompt=r.canary.prompt,
+                seed=r.canary.seed,
+                steps=r.canary.steps,
+                divergence=r.divergence,
+                first_divergent_step=r.first_divergent_step,
+            )
+            for r in report.results
+        ],
+        divergence=report.divergence,
+        tolerance=report.tolerance,
+        changed=report.changed,
     )

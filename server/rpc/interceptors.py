@@ -15,6 +15,7 @@ import grpc
 
 from latentguard.server.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     LatentguardError,
     NotFound,
@@ -31,6 +32,7 @@ STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }

@@ -98,3 +98,8 @@ class GuardrailServicer(pb_grpc.GuardrailServicer):
         return pb.ListDeploymentsResponse(
             deployments=[convert.deployment_to_proto(d) for d in self.service.deployments()]
         )
+
+    async def RunCanaries(
+        self, request: pb.RunCanariesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunCanariesResponse:
+        return convert.canaries_to_proto(await self.service.run_canaries(request.deployment))

@@ -23,6 +23,8 @@ CONTRACT = {
     "latentguard_detector_score": "histogram",
     "latentguard_step_check_seconds": "histogram",
     "latentguard_generation_seconds": "histogram",
+    "latentguard_drift_score": "gauge",
+    "latentguard_canary_divergence": "gauge",
     # beyond the contract, for rules, dashboards and the autoscaler
     "latentguard_detector_errors": "counter",
     "latentguard_admitted_requests": "gauge",
@@ -33,6 +35,12 @@ CONTRACT = {
     "latentguard_shadow_runs": "counter",  # series only for configured shadow pairs
     "latentguard_shadow_divergence": "histogram",
     "latentguard_auth_failures": "counter",
+    "latentguard_drift_pvalue": "gauge",
+    "latentguard_drift_window_requests": "gauge",
+    "latentguard_drift_evaluations": "counter",
+    "latentguard_canary_tolerance": "gauge",
+    "latentguard_canary_runs": "counter",
+    "latentguard_adapter_scale": "gauge",  # series only for configured adapters
 }
 
 
@@ -84,6 +92,12 @@ def test_contract_names_exist_with_series_at_zero_before_traffic():
     assert value(text, "latentguard_deployment_info", **info) == 1
     assert value(text, "latentguard_admission_capacity", deployment="tiny-sd3") == 2  # 1 + max_queue 1
     assert value(text, "latentguard_admitted_requests", deployment="tiny-sd3") == 0
+    for method in ("kl", "angle", "mmd", "shift"):  # the built-ins ship drift references and canaries
+        assert value(text, "latentguard_drift_score", deployment="tiny-flux", method=method) == 0
+    assert value(text, "latentguard_drift_pvalue", deployment="tiny-flux") == 1
+    assert value(text, "latentguard_canary_divergence", deployment="tiny-sd3-int4") == 0
+    assert value(text, "latentguard_canary_tolerance", deployment="tiny-sd3-int4") == 1e-3
+    assert value(text, "latentguard_canary_runs_total", deployment="tiny-sd3", outcome="compared") == 0
 
 
 def test_traffic_moves_the_right_series(server):

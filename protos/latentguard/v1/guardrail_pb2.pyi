@@ -104,7 +104,7 @@ class Timings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., guard_seconds: _Optional[float] = ..., guard_seconds_per_step: _Optional[float] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("verdict", "deployment", "family", "variant", "seed", "steps_requested", "steps_run", "aborted_at_step", "drill", "detectors", "steps", "timings", "profile", "profile_exact")
+    __slots__ = ("verdict", "deployment", "family", "variant", "seed", "steps_requested", "steps_run", "aborted_at_step", "drill", "detectors", "steps", "timings", "profile", "profile_exact", "attribution")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class Report(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     PROFILE_EXACT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     verdict: str
     deployment: str
     family: str
@@ -133,7 +134,20 @@ class Report(_message.Message):
     timings: Timings
     profile: str
     profile_exact: bool
-    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ...) -> None: ...
+    attribution: Attribution
+    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ...) -> None: ...
+
+class Attribution(_message.Message):
+    __slots__ = ("adapters", "verdict_without_adapters", "flagged_without_adapters", "adapters_caused")
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_WITHOUT_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_WITHOUT_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_CAUSED_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    verdict_without_adapters: str
+    flagged_without_adapters: _containers.RepeatedScalarFieldContainer[str]
+    adapters_caused: bool
+    def __init__(self, adapters: _Optional[_Iterable[str]] = ..., verdict_without_adapters: _Optional[str] = ..., flagged_without_adapters: _Optional[_Iterable[str]] = ..., adapters_caused: bool = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("image_png", "report", "trajectory")
@@ -218,7 +232,7 @@ class ListDeploymentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeploymentInfo(_message.Message):
-    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes")
+    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes", "adapters", "attribution", "drift", "canaries")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +243,10 @@ class DeploymentInfo(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     DETECTORS_FIELD_NUMBER: _ClassVar[int]
     TRANSFORMER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     variant: str
@@ -239,10 +257,56 @@ class DeploymentInfo(_message.Message):
     profile: str
     detectors: _containers.RepeatedScalarFieldContainer[str]
     transformer_bytes: int
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ...) -> None: ...
+    adapters: _containers.RepeatedCompositeFieldContainer[Adapter]
+    attribution: bool
+    drift: bool
+    canaries: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., attribution: bool = ..., drift: bool = ..., canaries: _Optional[int] = ...) -> None: ...
+
+class Adapter(_message.Message):
+    __slots__ = ("name", "scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scale: float
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class ListDeploymentsResponse(_message.Message):
     __slots__ = ("deployments",)
     DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
     deployments: _containers.RepeatedCompositeFieldContainer[DeploymentInfo]
     def __init__(self, deployments: _Optional[_Iterable[_Union[DeploymentInfo, _Mapping]]] = ...) -> None: ...
+
+class RunCanariesRequest(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    def __init__(self, deployment: _Optional[str] = ...) -> None: ...
+
+class CanaryResult(_message.Message):
+    __slots__ = ("prompt", "seed", "steps", "divergence", "first_divergent_step")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DIVERGENT_STEP_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    seed: int
+    steps: int
+    divergence: float
+    first_divergent_step: int
+    def __init__(self, prompt: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., divergence: _Optional[float] = ..., first_divergent_step: _Optional[int] = ...) -> None: ...
+
+class RunCanariesResponse(_message.Message):
+    __slots__ = ("deployment", "canaries", "divergence", "tolerance", "changed")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FIELD_NUMBER: _ClassVar[int]
+    DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    canaries: _containers.RepeatedCompositeFieldContainer[CanaryResult]
+    divergence: float
+    tolerance: float
+    changed: bool
+    def __init__(self, deployment: _Optional[str] = ..., canaries: _Optional[_Iterable[_Union[CanaryResult, _Mapping]]] = ..., divergence: _Optional[float] = ..., tolerance: _Optional[float] = ..., changed: bool = ...) -> None: ...

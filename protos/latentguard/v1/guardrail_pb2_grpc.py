@@ -54,6 +54,11 @@ class GuardrailStub(object):
                 request_serializer=latentguard_dot_v1_dot_guardrail__pb2.ListDeploymentsRequest.SerializeToString,
                 response_deserializer=latentguard_dot_v1_dot_guardrail__pb2.ListDeploymentsResponse.FromString,
                 _registered_method=True)
+        self.RunCanaries = channel.unary_unary(
+                '/latentguard.v1.Guardrail/RunCanaries',
+                request_serializer=latentguard_dot_v1_dot_guardrail__pb2.RunCanariesRequest.SerializeToString,
+                response_deserializer=latentguard_dot_v1_dot_guardrail__pb2.RunCanariesResponse.FromString,
+                _registered_method=True)
 
 
 class GuardrailServicer(object):
@@ -86,6 +91,13 @@ class GuardrailServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunCanaries(self, request, context):
+        """Run a deployment's control-prompt canaries now and compare them with their recorded references.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuardrailServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +120,11 @@ def add_GuardrailServicer_to_server(servicer, server):
                     servicer.ListDeployments,
                     request_deserializer=latentguard_dot_v1_dot_guardrail__pb2.ListDeploymentsRequest.FromString,
                     response_serializer=latentguard_dot_v1_dot_guardrail__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'RunCanaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCanaries,
+                    request_deserializer=latentguard_dot_v1_dot_guardrail__pb2.RunCanariesRequest.FromString,
+                    response_serializer=latentguard_dot_v1_dot_guardrail__pb2.RunCanariesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class Guardrail(object):
             '/latentguard.v1.Guardrail/ListDeployments',
             latentguard_dot_v1_dot_guardrail__pb2.ListDeploymentsRequest.SerializeToString,
             latentguard_dot_v1_dot_guardrail__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCanaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentguard.v1.Guardrail/RunCanaries',
+            latentguard_dot_v1_dot_guardrail__pb2.RunCanariesRequest.SerializeToString,
+            latentguard_dot_v1_dot_guardrail__pb2.RunCanariesResponse.FromString,
             options,
             channel_credentials,
             insecure,
