@@ -1,6 +1,6 @@
 """The quick-start demo: a real `latentguard serve` on loopback, a batch of requests over gRPC
 (benign and every drill kind) to every served deployment, the verdicts, the images written to disk,
-and the artifact rates read back from /metrics.
+each deployment's canaries replayed, and the artifact rates read back from /metrics.
 
     python -m latentguard.server.harness.demo [--requests 3] [--out out/demo]
 """
@@ -73,6 +73,19 @@ def run_requests(stub: pb_grpc.GuardrailStub, benign: int, out: Path) -> Table:
     return table
 
 
+def canaries(stub: pb_grpc.GuardrailStub) -> Table:
+    """Each deployment's control-prompt canaries replayed now (RunCanaries): the model unchanged?"""
+    table = Table(
+        "deployment", "canaries", "divergence", "tolerance", "model", title="canaries (RunCanaries)"
+    )
+    for dep in stub.ListDeployments(pb.ListDeploymentsRequest(), timeout=10).deployments:
+        if dep.canaries:
+            r = stub.RunCanaries(pb.RunCanariesRequest(deployment=dep.name), timeout=120)
+            verdict = "[red]changed[/red]" if r.changed else "[green]as recorded[/green]"
+            table.add_row(dep.name, str(len(r.canaries)), f"{r.divergence:.3g}", f"{r.tolerance:g}", verdict)
+    return table
+
+
 def artifact_rates(metrics_port: int) -> Table:
     """latentguard_artifacts_total / latentguard_requests_total per deployment, from /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
@@ -111,7 +124,9 @@ def main() -> None:
     )
     try:
         server.wait_serving()
-        console.print(run_requests(pb_grpc.GuardrailStub(channel(server.target)), args.requests, args.out))
+        stub = pb_grpc.GuardrailStub(channel(server.target))
+        console.print(run_requests(stub, args.requests, args.out))
+        console.print(canaries(stub))
         console.print(artifact_rates(server.metrics_port))
     finally:
         code = server.terminate()
