@@ -33,6 +33,7 @@ torch's OpenMP team would slow the denoising thread (server/core/service.py, `co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,11 @@ class DriftReference:
         alpha: float = ALPHA,
         null_windows: int = NULL_WINDOWS,
         seed: int = 0,
+        progress: Callable[[int], None] | None = None,
     ) -> DriftReference:
         """Reference statistics from `reference` runs, thresholds from windows resampled (without
-        replacement inside a window) from `held_out` runs on other prompts."""
+        replacement inside a window) from `held_out` runs on other prompts. `progress(n)` is called as
+        the resampled windows are scored (n windows at a time)."""
         if len(held_out) < 2 * window or len(reference) < 2 * window:
             raise ValueError(f"need at least {2 * window} reference and {2 * window} held-out runs")
         rng = np.random.default_rng(seed)
@@ -228,11 +231,17 @@ class DriftReference:
             runs=len(reference),
             null_windows=null_windows,
         )
-        null = ref.null_scores(held_out, null_windows, rng)
+        null = ref.null_scores(held_out, null_windows, rng, progress)
         ref.thresholds = {m: float(np.quantile(null[m], 1 - alpha / len(METHODS))) for m in METHODS}
         return ref
 
-    def null_scores(self, runs: np.ndarray, windows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def null_scores(
+        self,
+        runs: np.ndarray,
+        windows: int,
+        rng: np.random.Generator,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Raw scores of `windows` windows resampled from `runs`, as `raw_scores` gives them; the
         MMD expanded as mean K(w, w) + mean K(r, r) - 2 mean K(w, r) over kernels computed once."""
         z = self._z(runs)
@@ -241,7 +250,9 @@ class DriftReference:
         k_cross = _gaussian_kernel(coordinates, self.sample, self.bandwidth).mean(axis=1)
         k_ref = _gaussian_kernel(self.sample, self.sample, self.bandwidth).mean()
         out: dict[str, list[float]] = {m: [] for m in METHODS}
-        for _ in range(windows):
+        for i in range(windows):
+            if progress is not None and i % 1000 == 999:
+                progress(1000)
             rows = rng.choice(len(runs), self.window, replace=False)
             out["kl"].append(gaussian_kl(runs[rows], self.pooled_mean, self.pooled_var, self.steps))
             out["angle"].append(self._angle(z[rows]))

@@ -337,6 +337,7 @@ def drift_reference(
     """Record the fleet-drift reference: one benign run per calibration prompt, half of them the
     reference, the other half the held-out windows that set the thresholds."""
     _quiet_libraries()
+    from latentguard.detectors.drift import NULL_WINDOWS
     from latentguard.server.config import Settings
     from latentguard.server.errors import LatentguardError
     from latentguard.server.offline.calibrate import split_by_prompt
@@ -354,11 +355,13 @@ def drift_reference(
             total = sum(len(half) for half in split_by_prompt(prompt_list, 0.5))
             task = bar.add_task(f"drift reference of {deployment}", total=total)
             given = {"window": window, "alpha": alpha, "null_windows": null_windows}
+            windows = bar.add_task("thresholds from resampled windows", total=null_windows or NULL_WINDOWS)
             reference = build_drift_reference(
                 LocalCollector(dep, batch_size),
                 prompt_list,
                 out,
                 progress=lambda n: bar.advance(task, n),
+                windows_progress=lambda n: bar.advance(windows, n),
                 **{k: v for k, v in given.items() if v is not None},  # None: detectors/drift.py's defaults
             )
     except (LatentguardError, ValueError, OSError) as exc:

@@ -21,9 +21,11 @@ def build_drift_reference(
     alpha: float = ALPHA,
     null_windows: int = NULL_WINDOWS,
     progress: Progress | None = None,
+    windows_progress: Progress | None = None,
 ) -> DriftReference:
     """One run per prompt (each its own seed): half the prompts make the reference, the other half
-    the held-out runs whose resampled windows set each method's threshold."""
+    the held-out runs whose resampled windows set each method's threshold. `progress` counts runs,
+    `windows_progress` the resampled windows."""
     cfg = source.config
     ref_prompts, held_prompts = split_by_prompt(prompts, 0.5)
     ref = source.collect(run_grid(ref_prompts, 1, first_seed=DRIFT_SEEDS), progress=progress)
@@ -42,6 +44,7 @@ def build_drift_reference(
         window=window,
         alpha=alpha,
         null_windows=null_windows,
+        progress=windows_progress,
     )
     reference.save(out)
     return reference

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from latentguard.detectors.drift import DriftReference
 from latentguard.server.cli import app
 from latentguard.server.config import (
     AdapterConfig,
@@ -210,7 +211,7 @@ def test_cli_canary_exit_codes(server):
     )  # neither --local nor --target
 
 
-def test_cli_attribute_and_canary_reference(files, tmp_path):
+def test_cli_attribute_and_references(files, tmp_path):
     cfg, _, lora = files
     adapted = cfg.model_copy(
         update={"name": "lora", "adapters": [AdapterConfig(name="strong", path=str(lora))]}
@@ -245,6 +246,13 @@ def test_cli_attribute_and_canary_reference(files, tmp_path):
         app, ["canary-reference", "--deployment", "base", "--out", str(written), "--config", str(config)]
     )
     assert out.exit_code == 0 and written.is_file(), out.output
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(default_prompts("calibration")[:32]))
+    drift_file = tmp_path / "d.safetensors"
+    args = ["--prompts", str(prompts), "--window", "8", "--null-windows", "200", "--out", str(drift_file)]
+    out = runner.invoke(app, ["drift-reference", "--deployment", "base", *args, "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert DriftReference.load(drift_file).window == 8 and DriftReference.load(drift_file).runs == 16
 
 
 def test_configuration_errors_are_clear(files):
