@@ -66,12 +66,13 @@ train: $(STAMP)
 quality: $(STAMP)
 	$(BIN)/python evaluation/builtin_quality.py
 
-## profiles: the shipped calibration profiles (and classifiers) of the built-in deployments
+## profiles: the shipped calibration profiles, classifiers, drift references and canaries of the built-ins
 PROFILES := server/pipelines/profiles
 profiles: $(STAMP)
 	for d in tiny-sd3 tiny-flux tiny-sd3-fp8 tiny-sd3-int4; do \
 		$(BIN)/latentguard train-classifier --deployment $$d --out $(PROFILES)/$$d.json || exit 1; \
-		$(BIN)/latentguard drift-reference --deployment $$d || exit 1; done
+		$(BIN)/latentguard drift-reference --deployment $$d || exit 1; \
+		$(BIN)/latentguard canary-reference --deployment $$d || exit 1; done
 
 ## kernels-aot: compile the Triton kernel for sm_80/86/89/90 here (no GPU) and check each fits
 kernels-aot: $(STAMP)
