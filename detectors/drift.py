@@ -32,20 +32,20 @@ torch's OpenMP team would slow the denoising thread (server/core/service.py, `co
 
 from __future__ import annotations
 
-import json
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from scipy.linalg import subspace_angles
 
+from latentguard.detectors.stored import load_arrays, save_arrays
 from latentguard.kernels import TrajectoryStats
 
 METHODS = ("kl", "angle", "mmd", "shift")
 REFERENCE_FORMAT = "latentguard.drift/v1"
+EVERY = 16  # DriftConfig.every's default: a full window is scored every this many new requests
 ANGLE_RANK = 4  # principal directions compared by `angle`
 MMD_COORDINATES = 32  # principal coordinates the MMD works on
 MMD_REFERENCE = 256  # reference runs the MMD compares a window with
@@ -149,9 +149,14 @@ class DriftReference:
     def _z(self, summaries: np.ndarray) -> np.ndarray:
         return (summaries - self.center) / self.scale
 
-    def _angle(self, z: np.ndarray) -> float:
+    def _scores_but_mmd(self, window: np.ndarray, z: np.ndarray) -> dict[str, float]:
+        """kl, angle and shift of one window ([W, D] summaries, and standardised: z)."""
         angles = subspace_angles(self.basis[:, :ANGLE_RANK], _top_subspace(z, ANGLE_RANK))
-        return float(np.mean(np.sin(angles) ** 2))
+        return {
+            "kl": gaussian_kl(window, self.pooled_mean, self.pooled_var, self.steps),
+            "angle": float(np.mean(np.sin(angles) ** 2)),
+            "shift": float(np.abs(z.mean(axis=0)).max() * np.sqrt(len(z))),
+        }
 
     def _pooled_kernel(self, coordinates: np.ndarray) -> np.ndarray:
         pooled = np.concatenate([coordinates, self.sample])
@@ -161,12 +166,8 @@ class DriftReference:
         """Each method's score of one window ([W, D] summaries), before dividing by the threshold."""
         z = self._z(window)
         labels = np.arange(len(z) + len(self.sample))[None, :] < len(z)
-        return {
-            "kl": gaussian_kl(window, self.pooled_mean, self.pooled_var, self.steps),
-            "angle": self._angle(z),
-            "mmd": float(_mmd2(self._pooled_kernel(z @ self.basis), labels)[0]),
-            "shift": float(np.abs(z.mean(axis=0)).max() * np.sqrt(len(z))),
-        }
+        mmd = float(_mmd2(self._pooled_kernel(z @ self.basis), labels)[0])
+        return {**self._scores_but_mmd(window, z), "mmd": mmd}
 
     def scores(self, window: np.ndarray) -> dict[str, float]:
         """Each method's score divided by its threshold: above 1 is an alarm."""
@@ -254,30 +255,43 @@ class DriftReference:
             if progress is not None and i % 1000 == 999:
                 progress(1000)
             rows = rng.choice(len(runs), self.window, replace=False)
-            out["kl"].append(gaussian_kl(runs[rows], self.pooled_mean, self.pooled_var, self.steps))
-            out["angle"].append(self._angle(z[rows]))
-            out["mmd"].append(float(k_runs[np.ix_(rows, rows)].mean() + k_ref - 2 * k_cross[rows].mean()))
-            out["shift"].append(float(np.abs(z[rows].mean(axis=0)).max() * np.sqrt(self.window)))
+            mmd = float(k_runs[np.ix_(rows, rows)].mean() + k_ref - 2 * k_cross[rows].mean())
+            for method, score in {**self._scores_but_mmd(runs[rows], z[rows]), "mmd": mmd}.items():
+                out[method].append(score)
         return {m: np.array(v) for m, v in out.items()}
 
     def save(self, path: str | Path) -> None:
-        arrays = {
-            name: np.ascontiguousarray(getattr(self, name), dtype=np.float32)  # half the bytes; ample
-            for name in ("center", "scale", "pooled_mean", "pooled_var", "basis", "sample")
-        }
+        names = ("center", "scale", "pooled_mean", "pooled_var", "basis", "sample")
+        arrays = {name: getattr(self, name).astype(np.float32) for name in names}  # half the bytes; ample
         keys = ("fingerprint", "steps", "height", "width", "guidance_scale", "window", "alpha")
         meta = {k: getattr(self, k) for k in (*keys, "thresholds", "bandwidth", "runs", "null_windows")}
-        save_file(
-            arrays, str(path), metadata={"latentguard": json.dumps({"format": REFERENCE_FORMAT, **meta})}
-        )
+        save_arrays(path, REFERENCE_FORMAT, arrays, meta)
 
     @staticmethod
     def load(path: str | Path) -> DriftReference:
-        from safetensors import safe_open
+        meta, arrays = load_arrays(path, REFERENCE_FORMAT)
+        return DriftReference(**meta, **{k: v.astype(np.float64) for k, v in arrays.items()})
 
-        with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {}).get("latentguard", "{}"))
-        if meta.pop("format", None) != REFERENCE_FORMAT:
-            raise ValueError(f"{path}: not a {REFERENCE_FORMAT} drift reference")
-        arrays: dict[str, Any] = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
-        return DriftReference(**meta, **arrays)
+
+class Window:
+    """The last `size` comparable requests' summaries, due for scoring every `every` new requests
+    once full (the server's cadence; the evaluation replays it)."""
+
+    def __init__(self, size: int, every: int = EVERY):
+        self.summaries: deque[np.ndarray] = deque(maxlen=size)
+        self.every = every
+        self.fresh = 0  # requests added since the window was last taken
+
+    def __len__(self) -> int:
+        return len(self.summaries)
+
+    def add(self, summary: np.ndarray) -> bool:
+        """Add one request; True when the window is due for scoring."""
+        self.summaries.append(summary)
+        self.fresh += 1
+        return len(self.summaries) == self.summaries.maxlen and self.fresh >= self.every
+
+    def take(self) -> np.ndarray:
+        """[W, D]: the window to score now."""
+        self.fresh = 0
+        return np.stack(list(self.summaries))

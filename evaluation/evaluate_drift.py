@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import tempfile
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from latentguard.detectors.calibration import clopper_pearson
-from latentguard.detectors.drift import METHODS, DriftReference, request_summary
+from latentguard.detectors.drift import EVERY, METHODS, DriftReference, Window, request_summary
 from latentguard.server.config import AdapterConfig, Settings
 from latentguard.server.offline import scenes
 from latentguard.server.offline.ab_stats import psnr
@@ -50,7 +49,6 @@ from latentguard.server.pipelines.runner import PipelineRunner
 
 HERE = Path(__file__).parent
 SEED_BASE = 2_000_000
-EVERY = 16  # DriftConfig.every's default
 STREAM_ORDERS = 40
 PSNR_PAIRS = 8
 
@@ -76,17 +74,12 @@ def resampled(runs: np.ndarray, size: int, count: int, rng: np.random.Generator)
 
 
 def stream_alarms(ref: DriftReference, runs: np.ndarray, start_after: int = 0) -> list[int]:
-    """The server's cadence over `runs` in order: 1-based indices (counted from `start_after`) of
-    the requests at which a scored window alarmed."""
-    window: deque[np.ndarray] = deque(maxlen=ref.window)
-    fresh, out = 0, []
+    """The server's cadence (detectors/drift.py `Window`) over `runs` in order: 1-based indices
+    (counted from `start_after`) of the requests at which a scored window alarmed."""
+    window, out = Window(ref.window), []
     for i, summary in enumerate(runs):
-        window.append(summary)
-        fresh += 1
-        if len(window) == ref.window and fresh >= EVERY:
-            fresh = 0
-            if max(ref.scores(np.stack(list(window))).values()) > 1:
-                out.append(i + 1 - start_after)
+        if window.add(summary) and max(ref.scores(window.take()).values()) > 1:
+            out.append(i + 1 - start_after)
     return out
 
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from latentguard.detectors import DETECTOR_NAMES, Action, OnError
+from latentguard.detectors import DETECTOR_NAMES, Action, OnError, drift
 from latentguard.server.errors import NotFound
 
 Family = Literal["sd3", "flux"]
@@ -46,7 +46,7 @@ class DriftConfig(BaseModel):
 
     enabled: bool = True  # needs a reference; without one the deployment logs that drift is off
     reference: str | None = None  # default: next to the profile (`latentguard drift-reference` writes it)
-    every: int = Field(16, ge=1)  # re-score the window after this many new comparable requests
+    every: int = Field(drift.EVERY, ge=1)  # re-score the window after this many new comparable requests
     permutations: int = Field(2000, ge=99, le=100_000)  # MMD permutation p-value
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from latentguard.detectors.drift import DriftReference
+from latentguard.detectors.drift import DriftReference, Window
 from latentguard.server.config import DriftConfig
 from latentguard.server.metrics import Metrics
 
@@ -27,39 +26,37 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Window:
+class _Watched:
     reference: DriftReference
     config: DriftConfig
-    summaries: deque[np.ndarray] = field(default_factory=deque)
-    fresh: int = 0  # requests added since the last scoring started
+    window: Window
     scoring: bool = False
 
 
 class FleetDrift:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
-        self.windows: dict[str, _Window] = {}
+        self.watched: dict[str, _Watched] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="lg-drift")
         self.tasks: set[asyncio.Task[None]] = set()
 
     def watch(self, deployment: str, reference: DriftReference, config: DriftConfig) -> None:
-        self.windows[deployment] = _Window(reference, config, deque(maxlen=reference.window))
+        self.watched[deployment] = _Watched(reference, config, Window(reference.window, config.every))
 
     def add(self, deployment: str, summary: np.ndarray) -> None:
         """A comparable request finished (called on the event loop)."""
-        w = self.windows.get(deployment)
+        w = self.watched.get(deployment)
         if w is None:
             return
-        w.summaries.append(summary)
-        w.fresh += 1
-        self.metrics.set_drift_window(deployment, len(w.summaries))
-        if len(w.summaries) == w.summaries.maxlen and w.fresh >= w.config.every and not w.scoring:
-            w.fresh, w.scoring = 0, True
-            task = asyncio.ensure_future(self._score(deployment, w, np.stack(list(w.summaries))))
+        due = w.window.add(summary)
+        self.metrics.set_drift_window(deployment, len(w.window))
+        if due and not w.scoring:
+            w.scoring = True
+            task = asyncio.ensure_future(self._score(deployment, w, w.window.take()))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _score(self, deployment: str, w: _Window, window: np.ndarray) -> None:
+    async def _score(self, deployment: str, w: _Watched, window: np.ndarray) -> None:
         try:
             loop = asyncio.get_running_loop()
             scores, pvalue = await loop.run_in_executor(self.executor, self._compute, w, window)
@@ -70,7 +67,7 @@ class FleetDrift:
             w.scoring = False
 
     @staticmethod
-    def _compute(w: _Window, window: np.ndarray) -> tuple[dict[str, float], float]:
+    def _compute(w: _Watched, window: np.ndarray) -> tuple[dict[str, float], float]:
         return w.reference.scores(window), w.reference.mmd_pvalue(window, w.config.permutations)
 
     async def wait(self) -> None:

@@ -9,7 +9,6 @@ the final latents' relative L2 distance and the largest absolute change of any p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 
 from latentguard.detectors.drift import step_features
+from latentguard.detectors.stored import load_arrays, save_arrays
 from latentguard.server.config import CanaryPrompt
+from latentguard.server.pipelines.trajectory_record import relative_l2
 
 if TYPE_CHECKING:  # the runner imports deployments, which holds a deployment's CanarySet
     from latentguard.server.pipelines.runner import PipelineRunner
@@ -82,25 +82,12 @@ class CanarySet:
         for i, ref in enumerate(self.references):
             arrays[f"features.{i}"] = ref.features.astype(np.float64)
             arrays[f"final.{i}"] = ref.final.astype(np.float32)
-        meta = {
-            "format": CANARY_FORMAT,
-            "fingerprint": self.fingerprint,
-            "height": self.height,
-            "width": self.width,
-            "guidance_scale": self.guidance_scale,
-            "canaries": [c.__dict__ for c in self.canaries],
-        }
-        save_file(arrays, str(path), metadata={"latentguard": json.dumps(meta)})
+        meta = {k: getattr(self, k) for k in ("fingerprint", "height", "width", "guidance_scale")}
+        save_arrays(path, CANARY_FORMAT, arrays, {**meta, "canaries": [c.__dict__ for c in self.canaries]})
 
     @staticmethod
     def load(path: str | Path) -> CanarySet:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {}).get("latentguard", "{}"))
-        if meta.pop("format", None) != CANARY_FORMAT:
-            raise ValueError(f"{path}: not a {CANARY_FORMAT} canary reference")
-        arrays = load_file(str(path))
+        meta, arrays = load_arrays(path, CANARY_FORMAT)
         canaries = [Canary(**c) for c in meta.pop("canaries")]
         refs = [Observation(arrays[f"features.{i}"], arrays[f"final.{i}"]) for i in range(len(canaries))]
         return CanarySet(**meta, canaries=canaries, references=refs)
@@ -111,17 +98,20 @@ def canaries_of(prompts: list[CanaryPrompt], default_steps: int) -> list[Canary]
 
 
 def observe(
-    runner: PipelineRunner, canary: Canary, should_stop: Callable[[], bool] | None = None
+    runner: PipelineRunner,
+    canary: Canary,
+    size_and_guidance: tuple[int, int, float],
+    should_stop: Callable[[], bool] | None = None,
 ) -> Observation | None:
-    """Run one canary alone at the deployment's size and guidance; None when `should_stop` stopped it."""
-    cfg = runner.dep.config
+    """Run one canary alone at (height, width, guidance); None when `should_stop` stopped it."""
+    height, width, guidance_scale = size_and_guidance
     run = runner.denoise(
         [canary.prompt],
         [canary.seed],
         canary.steps,
-        cfg.height,
-        cfg.width,
-        cfg.guidance_scale,
+        height,
+        width,
+        guidance_scale,
         detectors={},
         policies={},
         should_stop=(lambda i: should_stop()) if should_stop is not None else None,
@@ -134,8 +124,7 @@ def observe(
 
 def compare(canary: Canary, reference: Observation, seen: Observation, tolerance: float) -> CanaryResult:
     per_step = np.abs(seen.features - reference.features).max(axis=1)
-    scale = max(float(np.linalg.norm(reference.final)), 1e-12)
-    final = float(np.linalg.norm(seen.final - reference.final)) / scale
+    final = relative_l2(torch.from_numpy(seen.final), torch.from_numpy(reference.final))
     over = np.flatnonzero(per_step > tolerance)
     return CanaryResult(canary, max(final, float(per_step.max())), int(over[0]) if len(over) else -1)
 
@@ -146,10 +135,12 @@ def run_round(
     tolerance: float,
     should_stop: Callable[[], bool] | None = None,
 ) -> CanaryReport | None:
-    """Every canary in turn, alone; None when `should_stop` stopped one (checked at each step)."""
+    """Every canary in turn, alone, at the size and guidance it was recorded at; None when
+    `should_stop` stopped one (checked at each step)."""
+    recorded = (reference.height, reference.width, reference.guidance_scale)
     results = []
     for canary, ref in zip(reference.canaries, reference.references, strict=True):
-        seen = observe(runner, canary, should_stop)
+        seen = observe(runner, canary, recorded, should_stop)
         if seen is None:
             return None
         results.append(compare(canary, ref, seen, tolerance))
@@ -159,7 +150,7 @@ def run_round(
 def record(runner: PipelineRunner, prompts: list[CanaryPrompt]) -> CanarySet:
     cfg = runner.dep.config
     canaries = canaries_of(prompts, cfg.steps)
-    references = [observe(runner, c) for c in canaries]
+    references = [observe(runner, c, (cfg.height, cfg.width, cfg.guidance_scale)) for c in canaries]
     assert all(r is not None for r in references)
     return CanarySet(
         runner.dep.fingerprint,

@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,12 @@ def profile_path(config: DeploymentConfig) -> str | None:
 
 
 def _load_reference(
-    dep: Deployment, what: str, enabled: bool, configured: str | None, default: Path | None, load
+    dep: Deployment,
+    what: str,
+    enabled: bool,
+    configured: str | None,
+    default: Path | None,
+    load: Callable[[Path], Any],
 ) -> Any:
     """A drift or canary reference: the configured file (which must exist), else the one next to the
     profile if there is one; None when disabled or absent (logged)."""
