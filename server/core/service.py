@@ -292,6 +292,11 @@ class GuardrailService:
                 ShadowJob(cfg, resolved, result.trajectory, target.runner, target.executor, self.primary_busy)
             )
 
+    def in_flight(self) -> int:
+        """Generate requests admitted and not yet answered, plus open Inspect sessions (the drain
+        waits for these)."""
+        return sum(w.admitted for w in self.workers.values()) + self.inspect_sessions
+
     def primary_busy(self) -> bool:
         """Shadow runs yield to this: any primary request admitted anywhere, or draining.
 

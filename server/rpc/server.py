@@ -118,10 +118,18 @@ class Server:
             log.info("serving %s", ", ".join(self.service.workers))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new requests, let those in flight finish (up to grace), stop."""
+        """Drain: NOT_SERVING, refuse new requests, let those in flight finish (up to grace), stop.
+
+        The port stays open until the requests in flight are answered, so that a request arriving
+        meanwhile reaches the service and gets its UNAVAILABLE ("draining, retry elsewhere"): gRPC's
+        own shutdown would cancel a call that races it (CANCELLED, which clients do not retry)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.settings.grace_seconds if grace is None else grace)
         self.service.drain()
         await self._set_health(False)
-        await self.grpc.stop(self.settings.grace_seconds if grace is None else grace)
+        while self.service.in_flight() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.grpc.stop(max(deadline - loop.time(), 0.0))
         if self.health_grpc is not None:
             await self.health_grpc.stop(0)
         await self.service.shadow.wait()  # shadow runs stop at their next step once draining
