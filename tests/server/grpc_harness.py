@@ -9,7 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from latentguard.server.config import Settings, builtin_deployments
 from latentguard.server.harness.background import BackgroundServer as ServerThread
 
-__all__ = ["ServerThread", "make_settings", "samples", "scrape", "value"]
+__all__ = ["LONG_RUN", "ServerThread", "make_settings", "samples", "scrape", "value"]
+
+# a tiny-flux request that outlives a 0.6 s deadline whatever the machine: 100 steps at 512 x 512 take
+# about 3 s here; at 256 x 256 an idle machine finished them in about 0.6 s, so deadline tests passed
+# or failed by chance
+LONG_RUN = {"width": 512, "height": 512}
 
 
 def make_settings(**overrides) -> Settings:

@@ -16,7 +16,7 @@ from latentguard.server.rpc.client import InspectCallback, channel, tensor_frame
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-from .grpc_harness import ServerThread, make_settings, run_own_pipeline
+from .grpc_harness import LONG_RUN, ServerThread, make_settings, run_own_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_admission_refuses_beyond_queue_with_resource_exhausted(stub, server):
 
 
 def test_deadline_stops_denoising_and_returns_deadline_exceeded(stub, server):
-    req = pb.GenerateRequest(deployment="tiny-flux", prompt="a fox", steps=100, skip_image=True)
+    req = pb.GenerateRequest(deployment="tiny-flux", prompt="a fox", steps=100, skip_image=True, **LONG_RUN)
     got, _ = code_of(lambda: stub.Generate(req, timeout=0.6))
     assert got == grpc.StatusCode.DEADLINE_EXCEEDED
     record = _wait_for_record(server, "tiny-flux", "error")

@@ -13,7 +13,7 @@ from latentguard.server.rpc.client import channel, tensor_frame
 from latentguard.v1 import guardrail_pb2 as pb
 from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
-from .grpc_harness import ServerThread, make_settings, scrape, value
+from .grpc_harness import LONG_RUN, ServerThread, make_settings, scrape, value
 
 SD3 = {"deployment": "tiny-sd3", "family": "sd3", "variant": "fp32"}
 FLUX = {"deployment": "tiny-flux", "family": "flux", "variant": "fp32"}
@@ -89,7 +89,7 @@ def test_a_client_cancel_is_counted_as_cancelled(server, stub):
 
 def test_a_deadline_that_expires_mid_run_is_an_error(server, stub):
     d = Delta(server)
-    req = pb.GenerateRequest(deployment="tiny-flux", prompt="a fox", steps=100, skip_image=True)
+    req = pb.GenerateRequest(deployment="tiny-flux", prompt="a fox", steps=100, skip_image=True, **LONG_RUN)
     with pytest.raises(grpc.RpcError) as info:
         stub.Generate(req, timeout=0.6)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
