@@ -4,9 +4,11 @@
 
 1. guarded vs bare pipeline, same seeds: a widened tiny-sd3 (more layers, wider heads) at 512 x 512,
    24 steps, so that a denoising step costs tens of milliseconds as a real one does relative to
-   the guard; `guard overhead` = guarded / bare - 1, the median over pairs of back-to-back runs
-   (order alternating), with a 95% bootstrap interval; pairs are added until the interval is
-   narrower than 1 point (or --max-pairs). Wall time and process CPU time (all threads).
+   the guard; `guard overhead` = guarded / bare - 1, the median over sets of back-to-back runs
+   (order rotating), with a 95% bootstrap interval; sets are added until the interval is
+   narrower than 1 point (or --max-pairs). Wall time and process CPU time (all threads). Guarded
+   runs twice: without the attention probes (`guard_overhead_pct`) and with them on every joint
+   block of the widened model (`probed_overhead_pct`; `probe_overhead_pct` = probed / guarded - 1).
 2. gRPC Generate over loopback vs the in-process call on the default tiny-sd3, and the same request
    in-process before and after torch has also computed on a second thread (what a server does).
 2b. dynamic batching: 8 requests over gRPC with 1, 2, 4, 8 in flight, per built-in fp32 deployment
@@ -44,6 +46,7 @@ from run_record import append_row  # noqa: E402
 from latentguard.detectors import DetectorPolicy  # noqa: E402
 from latentguard.server.config import Limits, Settings  # noqa: E402
 from latentguard.server.harness.background import BackgroundServer  # noqa: E402
+from latentguard.server.pipelines import attention_probes  # noqa: E402
 from latentguard.server.pipelines.deployments import (  # noqa: E402
     FAMILIES,
     Deployment,
@@ -86,8 +89,12 @@ def bench_guard_overhead(
     pipe = widened_sd3(layers, head_dim)
     cfg = Settings().deployment("tiny-sd3")
     dep = Deployment(config=cfg, pipe=pipe, family=FAMILIES["sd3"], fingerprint=fingerprint(pipe))
+    dep.probe_layers = attention_probes.install(pipe, "sd3", cfg.attention.layers)
     logging.getLogger("latentguard").setLevel(logging.ERROR)  # the widened model is not the profiled one
     attach_profile(dep)  # the built-in profile's envelopes: the cost, not the verdicts, is measured here
+    probed, detectors = dep.probe_layers, dep.detectors
+    plain = {n: d for n, d in detectors.items() if not d.requires}
+    assert probed and len(plain) < len(detectors), "the profile has no attention detectors"
     runner = PipelineRunner(dep)
     size, guidance = 512, 4.5
 
@@ -106,7 +113,9 @@ def bench_guard_overhead(
         )
         return time.perf_counter() - t
 
-    def guarded(seed: int) -> float:
+    def guarded(seed: int, probes: bool = False) -> float:
+        dep.probe_layers = probed if probes else []
+        dets = detectors if probes else plain
         t = time.perf_counter()
         runner.denoise(
             ["a red circle on a blue background"],
@@ -115,26 +124,29 @@ def bench_guard_overhead(
             size,
             size,
             guidance,
-            detectors=dep.detectors,
-            policies={n: DetectorPolicy() for n in dep.detectors},
+            detectors=dets,
+            policies={n: DetectorPolicy() for n in dets},
         )
         return time.perf_counter() - t
 
-    bare(0), guarded(0)  # warm-up
-    wall: list[tuple[float, float]] = []  # (bare, guarded) per pair
-    cpu: list[tuple[float, float]] = []
+    arms = {"bare": bare, "guarded": guarded, "probed": lambda seed: guarded(seed, probes=True)}
+    for arm in arms.values():  # warm-up
+        arm(0)
+    wall: dict[str, list[float]] = {k: [] for k in arms}  # per arm, one value per set
+    cpu: dict[str, list[float]] = {k: [] for k in arms}
     low = high = math.nan
-    while len(wall) < max_pairs:
-        timed = {}
-        for kind in ("bare", "guarded") if len(wall) % 2 == 0 else ("guarded", "bare"):
-            c = time.process_time()
-            timed[kind] = (bare if kind == "bare" else guarded)(len(wall)), time.process_time() - c
-        wall.append((timed["bare"][0], timed["guarded"][0]))
-        cpu.append((timed["bare"][1], timed["guarded"][1]))
-        if len(wall) >= min_pairs:
-            low, high = overhead_interval(wall)
+    while len(wall["bare"]) < max_pairs:
+        n = len(wall["bare"])
+        for kind in list(arms)[n % 3 :] + list(arms)[: n % 3]:
+            c, t = time.process_time(), arms[kind](n)
+            wall[kind].append(t)
+            cpu[kind].append(time.process_time() - c)
+        if n + 1 >= min_pairs:
+            low, high = overhead_interval(list(zip(wall["bare"], wall["guarded"], strict=True)))
             if high - low < 1.0:
                 break
+    pairs = {k: list(zip(wall["bare"], wall[k], strict=True)) for k in ("guarded", "probed")}
+    dep.probe_layers, dep.detectors = [], plain
     run = runner.denoise(
         ["a red circle on a blue background"],
         [0],
@@ -148,13 +160,15 @@ def bench_guard_overhead(
     )
     return {
         **guard_breakdown(dep, run.trajectory),
-        "bare_step_ms": statistics.median(b for b, _ in wall) / steps * 1e3,
-        "guarded_step_ms": statistics.median(g for _, g in wall) / steps * 1e3,
-        "guard_overhead_pct": overhead(wall),
+        "bare_step_ms": statistics.median(wall["bare"]) / steps * 1e3,
+        "guarded_step_ms": statistics.median(wall["guarded"]) / steps * 1e3,
+        "guard_overhead_pct": overhead(pairs["guarded"]),
         "guard_overhead_ci_low": low,
         "guard_overhead_ci_high": high,
-        "guard_overhead_pairs": float(len(wall)),
-        "guard_cpu_overhead_pct": overhead(cpu),
+        "guard_overhead_pairs": float(len(wall["bare"])),
+        "guard_cpu_overhead_pct": overhead(list(zip(cpu["bare"], cpu["guarded"], strict=True))),
+        "probed_overhead_pct": overhead(pairs["probed"]),
+        "probe_overhead_pct": overhead(list(zip(wall["guarded"], wall["probed"], strict=True))),
     }
 
 
@@ -215,7 +229,7 @@ def bench_detector_costs(repeats: int = 200) -> dict[str, float]:
         ["a red circle on a blue background"], [0], 12, 256, 256, 4.5, detectors=dep.detectors, policies={}
     )
     x0 = run.latents  # the final latents: image-like, as a late step's x0_hat
-    stats = trajectory_stats(x0)
+    stats = run.guard.monitor.series[-1]  # the last step's statistics, the attention probes' included
     sigma = run.guard.sigmas[5]
     out = {}
 

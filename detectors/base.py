@@ -66,6 +66,8 @@ class Detector(ABC):
     name: ClassVar[str]
     direction: ClassVar[Literal[1, -1, 0]] = 1
     reduce: ClassVar[Literal["mean", "max"]] = "mean"
+    #: optional TrajectoryStats fields it reads (the attention probes'): without them it is not built
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._grid: torch.Tensor | None = None  # increasing sigmas
@@ -83,6 +85,11 @@ class Detector(ABC):
     @property
     def is_fitted(self) -> bool:
         return self._loc is not None
+
+    @classmethod
+    def can_read(cls, stats: TrajectoryStats) -> bool:
+        """Whether `stats` carries every optional field this detector reads."""
+        return all(getattr(stats, name) is not None for name in cls.requires)
 
     # --- scoring ---------------------------------------------------------------------------------
     def combine(self, z: torch.Tensor) -> torch.Tensor:

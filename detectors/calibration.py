@@ -80,7 +80,7 @@ class CalibrationProfile:
 
     def build(self) -> dict[str, Detector]:
         """Fresh detector objects with this profile's state loaded."""
-        missing = set(DETECTORS) - set(self.detectors)
+        missing = {n for n, cls in DETECTORS.items() if not cls.requires} - set(self.detectors)
         if missing:
             raise CalibrationError(f"profile for {self.deployment} has no state for {sorted(missing)}")
         return {name: detector_class(name)().load_state_dict(state) for name, state in self.detectors.items()}
@@ -152,13 +152,13 @@ def calibrate_detectors(
     fitted: dict[str, Detector] | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[dict[str, Detector], CalibrationReport]:
-    """Fit every hand-written detector on `fit_set`, then threshold them, and any already `fitted`
-    ones (the learned classifier), jointly on the disjoint `cal_set`."""
+    """Fit every hand-written detector that can read `fit_set` on it, then threshold them, and any
+    already `fitted` ones (the learned classifier), jointly on the disjoint `cal_set`."""
     if not 0 < fpr < 1:
         raise CalibrationError(f"target false-positive rate must be in (0, 1), got {fpr}")
     if not 0 < confidence < 1:
         raise CalibrationError(f"confidence must be in (0, 1), got {confidence}")
-    dets = {name: cls().fit(fit_set, sigmas) for name, cls in DETECTORS.items()}
+    dets = {name: cls().fit(fit_set, sigmas) for name, cls in DETECTORS.items() if cls.can_read(fit_set)}
     dets.update(fitted or {})
     learned = {n: d for n, d in dets.items() if n != "non_finite"}
     request_scores = {n: d.trajectory_scores(cal_set, sigmas).amax(dim=1) for n, d in learned.items()}

@@ -47,10 +47,13 @@ class RequestGuard:
     def total_steps(self) -> int:
         return len(self.sigmas) - 1
 
-    def check(self, step: int, latents: torch.Tensor) -> list[StepVerdict]:
-        """Score the step that produced `latents`; one verdict per batch element."""
+    def check(
+        self, step: int, latents: torch.Tensor, attention: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> list[StepVerdict]:
+        """Score the step that produced `latents` (and the attention probes' ([B, L] entropy, [B, L]
+        rank) of that step, when the deployment probes); one verdict per batch element."""
         start = time.perf_counter()
-        stats = self.monitor.observe(step, latents)
+        stats = self.monitor.observe(step, latents, attention)
         abort = torch.zeros(self.batch, dtype=torch.bool)
         for name, det in self.detectors.items():
             policy = self.policies[name]
@@ -131,6 +134,12 @@ class RequestGuard:
                     sr_peak=float(stats.sr_peak[i].mean()),
                     nonfinite=int(stats.nonfinite[i].sum()),
                     guard_seconds=self.step_seconds[step],
+                    attention_entropy=_block_mean(stats.attn_entropy, i),
+                    attention_rank=_block_mean(stats.attn_rank, i),
                 )
             )
         return out
+
+
+def _block_mean(values: torch.Tensor | None, i: int) -> float | None:
+    return None if values is None else float(values[i].mean())

@@ -1,8 +1,10 @@
-"""Every detector by its contract name: the hand-written ones, fitted by every calibration, and the
-learned classifier, which a profile has only when `latentguard train-classifier` made it one."""
+"""Every detector by its contract name: the hand-written ones, fitted by every calibration (the
+attention ones when the calibration runs had the attention probes), and the learned classifier,
+which a profile has only when `latentguard train-classifier` made it one."""
 
 from __future__ import annotations
 
+from latentguard.detectors.attention import AttentionEntropy, AttentionRank
 from latentguard.detectors.base import Detector
 from latentguard.detectors.checkerboard import Checkerboard
 from latentguard.detectors.classifier import Classifier
@@ -25,6 +27,8 @@ DETECTORS: dict[str, type[Detector]] = {
         Grain,
         SpectralShape,
         Tail,
+        AttentionEntropy,
+        AttentionRank,
     )
 }
 LEARNED: dict[str, type[Detector]] = {Classifier.name: Classifier}

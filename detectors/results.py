@@ -69,3 +69,6 @@ class StepReport:
     sr_peak: float
     nonfinite: int
     guard_seconds: float = 0.0  # guardrail cost of this step
+    # attention probes, averaged over the probed blocks (None when the deployment does not probe)
+    attention_entropy: float | None = None
+    attention_rank: float | None = None

@@ -10,6 +10,8 @@ statistics ([B, C] tensors per field): O(steps x channels), never the trajectory
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from latentguard.kernels import Backend, TrajectoryStats, trajectory_stats
@@ -52,11 +54,16 @@ class TrajectoryMonitor:
     def x0_hat(self, step: int, latents: torch.Tensor) -> torch.Tensor:
         return denoised_estimate(self._prev, latents, self.sigmas[step], self.sigmas[step + 1])
 
-    def observe(self, step: int, latents: torch.Tensor) -> TrajectoryStats:
-        """Record the step that produced `latents` (the pipeline's x_{step+1})."""
+    def observe(
+        self, step: int, latents: torch.Tensor, attention: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> TrajectoryStats:
+        """Record the step that produced `latents` (the pipeline's x_{step+1}), with the attention
+        probes' (entropy, rank) of that step when given."""
         if step != self.steps_seen:
             raise ValueError(f"steps must arrive in order: expected {self.steps_seen}, got {step}")
         stats = trajectory_stats(self.x0_hat(step, latents), backend=self.backend).to("cpu")
+        if attention is not None:
+            stats = dataclasses.replace(stats, attn_entropy=attention[0], attn_rank=attention[1])
         self._prev = latents
         self.series.append(stats)
         return stats

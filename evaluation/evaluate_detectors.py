@@ -18,6 +18,9 @@ service (annotate-only, so every step is scored). Drill onsets cycle over 2, 4, 
   steps": flagged no later than two steps after the onset.
 - image PSNR: decoded final image with the drill against the same prompt and seed without it (16
   pairs), to say how strong a strength is in terms a person sees.
+- attention faults (server/offline/attention_faults.py: text_key_scale, prompt_fade): model faults
+  from step 0 that no drill injects, for the attention detectors; delays count from step 0. They
+  hook this process's model, so they are skipped under --ray.
 - classifier: AUROC and TPR (at its own threshold from the profile) of the shipped model, and of a
   model trained the same way without the row's kind ("LOO"; its threshold is set at the profile's
   per-detector level on the benign evaluation runs, i.e. its TPR is at a matched FPR).
@@ -45,6 +48,7 @@ from latentguard.detectors.classifier import Classifier
 from latentguard.server.config import Settings
 from latentguard.server.offline import classifier as classifier_training
 from latentguard.server.offline.ab_stats import psnr
+from latentguard.server.offline.attention_faults import attention_fault
 from latentguard.server.offline.calibrate import CLASSIFIER_SEEDS, FIT_FRACTION, split_by_prompt
 from latentguard.server.offline.distributed import RayCollector, cluster
 from latentguard.server.offline.trajectories import LocalCollector, default_prompts, run_grid
@@ -65,6 +69,12 @@ ROWS = [
     ("blur", "model", (0.3, 0.6)),
     ("collapse", "model", (0.1, 0.3)),
 ]
+# attention faults (server/offline/attention_faults.py): model faults on every step, held out from
+# everything (no drill injects them; the attention detectors' design was fixed before they existed)
+ATTENTION_ROWS = [
+    ("text_key_scale", (1.25, 1.5, 2.0)),
+    ("prompt_fade", (0.25, 0.5)),
+]
 TARGET_DETECTOR = {
     "aliasing": "spectral_residual",
     "collapse": "latent_variance",
@@ -73,6 +83,8 @@ TARGET_DETECTOR = {
     "checkerboard": "checkerboard",
     "grain": "grain",
     "spike": "tail",
+    "text_key_scale": "attention_entropy",
+    "prompt_fade": "attention_entropy",
 }
 INJECT_STEPS = (2, 4, 6, 8)
 SEED_BASE = 100_000
@@ -93,12 +105,14 @@ def auroc(benign: torch.Tensor, drilled: torch.Tensor) -> float:
     return float(roc_auc_score(y, torch.cat([benign, drilled]).clamp(-1e6, 1e6).tolist()))
 
 
-def image_psnr(dep, drill: Drill, prompts: list[str]) -> float:
+def image_psnr(dep, drill: Drill | None, prompts: list[str], fault=nullcontext) -> float:
+    """Mean PSNR of the faulty image (the drill, or under the `fault` context) against the clean one."""
     runner, values = PipelineRunner(dep), []
     for i in range(PSNR_PAIRS):
         images = []
-        for d in (None, drill):
-            run = runner.denoise_at_defaults([prompts[i]], [SEED_BASE + i], d)
+        for faulty in (False, True):
+            with fault() if faulty else nullcontext():
+                run = runner.denoise_at_defaults([prompts[i]], [SEED_BASE + i], drill if faulty else None)
             if not torch.isfinite(run.latents).all():
                 return float("nan")
             images.append(np.asarray(dep.family.decode(dep.pipe, run.latents)[0]))
@@ -159,48 +173,62 @@ def evaluate(
     loo_benign = {
         k: c.trajectory_scores(benign.stats, benign.sigmas).amax(dim=1) for k, c in loo_models.items()
     }
+
+    def row(kind: str, mode: str, strength: float, got, onsets: list[int], image_db: float) -> dict:
+        p_margin, p_det, p_flags = margins(got.stats, got.sigmas, detectors)
+        delays = []
+        for i, flags in enumerate(p_flags):
+            onset = onsets[(i // batch) % len(onsets)]
+            hit = flags[onset:].nonzero()
+            delays.append(int(hit[0]) if hit.numel() else None)
+        detected = [d for d in delays if d is not None]
+        target = TARGET_DETECTOR[kind]
+        result = {
+            "deployment": name,
+            "drill": kind,
+            "mode": mode,
+            "strength": strength,
+            "drilled_runs": len(p_margin),
+            "image_psnr_db": image_db,
+            "auroc": auroc(b_margin, p_margin),
+            "auroc_target_detector": auroc(b_det[target], p_det[target]) if target in p_det else None,
+            "target_detector": target,
+            "tpr": float((p_margin > 0).float().mean()),
+            "within_2_steps": sum(d <= 2 for d in detected) / len(delays),
+            "delay_median": float(np.median(detected)) if detected else None,
+        }
+        if clf is not None:
+            result["classifier_auroc"] = auroc(b_det[clf.name], p_det[clf.name])
+            result["classifier_tpr"] = float((p_det[clf.name] > clf.threshold).float().mean())
+        if kind in loo_models:
+            held = loo_models[kind]
+            scores = held.trajectory_scores(got.stats, got.sigmas).amax(dim=1)
+            result["loo_auroc"] = auroc(loo_benign[kind], scores)
+            result["loo_tpr"] = float((scores > held.threshold).float().mean())
+        print(
+            f"  {kind}/{mode}@{strength}: AUROC {result['auroc']:.4f} TPR {result['tpr']:.3f} "
+            f"PSNR {result['image_psnr_db']:.1f}",
+            file=sys.stderr,
+        )
+        return result
+
     rows = []
     for kind, mode, strengths in ROWS:
         for strength in strengths:
-            t0 = time.time()
             drills = [Drill(kind, step=s, strength=strength, mode=mode) for s in INJECT_STEPS]  # type: ignore[arg-type]
             got = source.collect(pairs[:runs], drill=drills)
-            p_margin, p_det, p_flags = margins(got.stats, got.sigmas, detectors)
-            delays = []
-            for i, row in enumerate(p_flags):
-                onset = drills[(i // batch) % len(drills)].step
-                hit = row[onset:].nonzero()
-                delays.append(int(hit[0]) if hit.numel() else None)
-            detected = [d for d in delays if d is not None]
-            target = TARGET_DETECTOR[kind]
-            result = {
-                "deployment": name,
-                "drill": kind,
-                "mode": mode,
-                "strength": strength,
-                "drilled_runs": len(p_margin),
-                "image_psnr_db": image_psnr(dep, drills[0], prompts),
-                "auroc": auroc(b_margin, p_margin),
-                "auroc_target_detector": auroc(b_det[target], p_det[target]),
-                "target_detector": target,
-                "tpr": float((p_margin > 0).float().mean()),
-                "within_2_steps": sum(d <= 2 for d in detected) / len(delays),
-                "delay_median": float(np.median(detected)) if detected else None,
-            }
-            if clf is not None:
-                result["classifier_auroc"] = auroc(b_det[clf.name], p_det[clf.name])
-                result["classifier_tpr"] = float((p_det[clf.name] > clf.threshold).float().mean())
-            if kind in loo_models:
-                held = loo_models[kind]
-                scores = held.trajectory_scores(got.stats, got.sigmas).amax(dim=1)
-                result["loo_auroc"] = auroc(loo_benign[kind], scores)
-                result["loo_tpr"] = float((scores > held.threshold).float().mean())
-            rows.append(result)
-            print(
-                f"  {kind}/{mode}@{strength}: AUROC {result['auroc']:.4f} TPR {result['tpr']:.3f} "
-                f"PSNR {result['image_psnr_db']:.1f} ({time.time() - t0:.0f}s)",
-                file=sys.stderr,
+            rows.append(
+                row(kind, mode, strength, got, list(INJECT_STEPS), image_psnr(dep, drills[0], prompts))
             )
+    if address:  # the faults hook this process's model; Ray workers load their own
+        print("  attention faults skipped: they need the local collector", file=sys.stderr)
+        return summary, rows
+    for kind, strengths in ATTENTION_ROWS:
+        for strength in strengths:
+            fault = lambda k=kind, s=strength: attention_fault(dep, k, s)  # noqa: E731
+            with fault():
+                got = source.collect(pairs[:runs])
+            rows.append(row(kind, "attention", strength, got, [0], image_psnr(dep, None, prompts, fault)))
     return summary, rows
 
 
@@ -232,7 +260,7 @@ def to_markdown(summaries: list[dict], rows: list[dict]) -> str:
         loo = (
             f"{fmt(r.get('loo_auroc'), '.4f')} / {fmt(r.get('loo_tpr'), '.3f')}" if "loo_auroc" in r else "-"
         )
-        target = f"{r['auroc_target_detector']:.4f} ({r['target_detector']})"
+        target = f"{fmt(r['auroc_target_detector'], '.4f')} ({r['target_detector']})"
         lines.append(
             f"| {r['deployment']} | {r['drill']} | {r['mode']} | {r['strength']:g} "
             f"| {fmt(r['image_psnr_db'], '.1f')} | {r['auroc']:.4f} | {target} | {r['tpr']:.3f} "

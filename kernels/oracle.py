@@ -7,7 +7,6 @@ Nothing here is tuned: full `fft2`, `torch.roll` for the periodic 3x3 box, one m
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from latentguard.kernels.stats import (
     EPS_ABS,
     EPS_REL,
+    LATENT_FIELDS,
     PARITY_PATTERNS,
     RADIAL_BINS,
     TrajectoryStats,
@@ -73,6 +73,5 @@ def trajectory_stats_oracle(x: torch.Tensor, dtype: torch.dtype = torch.float64)
     check_shape(tuple(x.shape))
     b, c = x.shape[:2]
     planes = [_plane_stats(x[i, j].to(dtype)) for i in range(b) for j in range(c)]
-    names = [f.name for f in dataclasses.fields(TrajectoryStats)]
-    stacked = {n: torch.stack([p[k] for p in planes]) for k, n in enumerate(names)}
+    stacked = {n: torch.stack([p[k] for p in planes]) for k, n in enumerate(LATENT_FIELDS)}
     return TrajectoryStats(**{n: v.reshape(b, c, *v.shape[1:]) for n, v in stacked.items()})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 
 import torch
 
@@ -73,6 +74,11 @@ class TrajectoryStats:
                      r >= HF_CUTOFF: near 0.56 for white noise, low for structured content
     crest            max |x - mean| / std (finite overflow and saturation raise it)
     kurtosis         mean (x - mean)^4 / var^2 (3 for Gaussian values)
+
+    Not from the tensor but from the denoiser's attention at the same step, when the deployment runs
+    the attention probes (None otherwise), [B, L] for L probed blocks (attention.py):
+    attn_entropy     image-query -> text-key attention entropy / log(text tokens)
+    attn_rank        effective rank of the block's image-token output / min(tokens, width)
     """
 
     mean: torch.Tensor
@@ -86,23 +92,37 @@ class TrajectoryStats:
     hf_flatness: torch.Tensor
     crest: torch.Tensor
     kurtosis: torch.Tensor
+    attn_entropy: torch.Tensor | None = None
+    attn_rank: torch.Tensor | None = None
 
     def to(self, device: str | torch.device) -> TrajectoryStats:
-        return TrajectoryStats(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return TrajectoryStats(**{k: v.to(device) for k, v in self.as_dict().items()})
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields this object has (the optional ones only when set)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    @staticmethod
+    def _join(parts: list[TrajectoryStats], join: Callable[..., torch.Tensor], dim: int) -> TrajectoryStats:
+        """Fields joined with torch.stack or torch.cat; an optional field that some part lacks is None."""
+        out: dict[str, torch.Tensor | None] = {}
+        for f in fields(TrajectoryStats):
+            values = [getattr(p, f.name) for p in parts]
+            out[f.name] = None if any(v is None for v in values) else join(values, dim)
+        return TrajectoryStats(**out)  # type: ignore[arg-type]
 
     @staticmethod
     def stack(series: list[TrajectoryStats], dim: int = 1) -> TrajectoryStats:
         """Stack per-step stats into fields of shape [B, S, ...] (dim=1) for a whole trajectory."""
-        names = [f.name for f in fields(TrajectoryStats)]
-        return TrajectoryStats(**{n: torch.stack([getattr(s, n) for s in series], dim) for n in names})
+        return TrajectoryStats._join(series, torch.stack, dim)
 
     @staticmethod
     def cat(parts: list[TrajectoryStats], dim: int = 0) -> TrajectoryStats:
-        names = [f.name for f in fields(TrajectoryStats)]
-        return TrajectoryStats(**{n: torch.cat([getattr(s, n) for s in parts], dim) for n in names})
+        return TrajectoryStats._join(parts, torch.cat, dim)
 
     def index(self, idx: int | slice | torch.Tensor) -> TrajectoryStats:
         return TrajectoryStats(**{k: v[idx] for k, v in self.as_dict().items()})
+
+
+#: The fields every backend computes from the tensor (the others come from the attention probes).
+LATENT_FIELDS = tuple(f.name for f in fields(TrajectoryStats) if f.default is MISSING)

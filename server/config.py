@@ -41,6 +41,16 @@ class AdapterConfig(BaseModel):
     scale: float = 1.0
 
 
+class AttentionConfig(BaseModel):
+    """Attention probes (server/pipelines/attention_probes.py) and the detectors attention_entropy and
+    attention_rank that read them. The profile must have been calibrated with the same probes."""
+
+    enabled: bool = True
+    # joint-attention blocks (transformer_blocks) to probe; None: up to 4, spread evenly, last included
+    layers: list[int] | None = None
+    max_tokens: int = Field(64, ge=8, le=4096)  # image tokens sampled per probed block and step
+
+
 class DriftConfig(BaseModel):
     """Fleet drift of this deployment's requests against its drift reference (server/core/drift.py)."""
 
@@ -101,6 +111,7 @@ class DeploymentConfig(BaseModel):
     # replay a flagged request with the adapters disabled and say in its report whether the artifact
     # goes away (costs a second run per flagged request)
     attribution: bool = False
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
 

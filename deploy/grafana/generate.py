@@ -264,6 +264,20 @@ def drift() -> dict:
                 ],
             ),
             Panel(
+                "Attention probes: flag rate, last hour vs 7-day average",
+                [
+                    (
+                        f"deployment_variant_detector:latentguard_artifacts:ratio_{window}"
+                        f'{{{SEL}, detector=~"attention_.*"}}',
+                        f"{{{{deployment}}}} {{{{detector}}}} {label}",
+                    )
+                    for window, label in (("rate1h", "1h"), ("avg7d", "7d"))
+                ],
+                unit="percentunit",
+                description="attention_entropy / attention_rank (server/pipelines/attention_probes.py): "
+                "the denoiser's image-to-text attention or token rank left its envelope.",
+            ),
+            Panel(
                 "Fleet drift: requests in the window / windows scored per minute",
                 [
                     (

@@ -45,7 +45,9 @@ class InspectSession:
             )
         self.dep = dep
         self.started = time.perf_counter()
-        self.guard = RequestGuard(dep.detectors, dep.policies, initial, sigmas)
+        # the sidecar sees latents only: the detectors that read the attention probes cannot run
+        detectors = {name: det for name, det in dep.detectors.items() if not det.requires}
+        self.guard = RequestGuard(detectors, dep.policies, initial, sigmas)
         self.expected_shape = tuple(initial.shape)
 
     def step(self, step: int, latents: torch.Tensor) -> StepVerdict:

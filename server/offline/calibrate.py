@@ -12,6 +12,7 @@ from latentguard.detectors.calibration import DEFAULT_CONFIDENCE
 from latentguard.detectors.classifier import Classifier
 from latentguard.server.offline import classifier as classifier_training
 from latentguard.server.offline.trajectories import Collector, Progress, run_grid
+from latentguard.server.pipelines.deployments import probe_settings
 
 FIT_FRACTION = 1 / 3  # of the prompts; the other two thirds set the thresholds
 CLASSIFIER_SEEDS = 500_000  # first seed of the classifier's training runs (calibration runs start at 0)
@@ -80,7 +81,11 @@ def calibrate_deployment(
         sigmas=fit.sigmas,
         detectors={name: det.state_dict() for name, det in detectors.items()},
         report=report,
-        notes={"prompts": len(fit_prompts) + len(cal_prompts), "seeds_per_prompt": seeds_per_prompt},
+        notes={
+            "prompts": len(fit_prompts) + len(cal_prompts),
+            "seeds_per_prompt": seeds_per_prompt,
+            "attention": probe_settings(cfg),
+        },
     )
     profile.save(out)
     return profile

@@ -97,7 +97,8 @@ class DrillCallback(_LatentsCallback):
 
 
 class GuardCallback(_LatentsCallback):
-    """Scores every step with a RequestGuard (built at step 0, when the schedule is known). Batch
+    """Scores every step with a RequestGuard (built at step 0, when the schedule is known), with the
+    step's attention-probe values when `attention` gives them (attention_probes.Recording.take). Batch
     element i leaves the run when it aborts or `should_stop(i)` says its caller stopped it:
     `on_leave(i, latents)` answers it at once, and it gets no more `on_step` calls. A leaver stays in
     the batch, masked (its latents keep being denoised and are discarded), so the others' results do
@@ -112,10 +113,12 @@ class GuardCallback(_LatentsCallback):
         should_stop: Callable[[int], bool] | None = None,
         on_step: Callable[[int, StepVerdict], None] | None = None,
         on_leave: Callable[[int, torch.Tensor], None] | None = None,
+        attention: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ):
         super().__init__(family, height, width)
         self.make_guard = make_guard
         self.should_stop, self.on_step, self.on_leave = should_stop, on_step, on_leave
+        self.attention = attention
         self.guard: RequestGuard | None = None
         self.active: list[int] = []
 
@@ -124,7 +127,7 @@ class GuardCallback(_LatentsCallback):
             self.guard = self.make_guard(schedule(pipe))
             self.active = list(range(self.guard.batch))
         latents = self.unpack(kwargs["latents"], pipe)
-        verdicts = self.guard.check(step, latents)
+        verdicts = self.guard.check(step, latents, self.attention() if self.attention else None)
         for i in list(self.active):
             if self.on_step is not None:
                 self.on_step(i, verdicts[i])

@@ -25,6 +25,7 @@ from latentguard.detectors import (
 from latentguard.detectors.drift import DriftReference
 from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
+from latentguard.server.pipelines import attention_probes
 from latentguard.server.pipelines.adapters import apply_adapters
 from latentguard.server.pipelines.canaries import CanarySet
 from latentguard.server.pipelines.families import FAMILIES, FamilyOps, Pipeline
@@ -178,6 +179,7 @@ class Deployment:
     policies: dict[str, DetectorPolicy] = field(default_factory=default_policies)
     drift: DriftReference | None = None  # what fleet drift compares this deployment's traffic with
     canaries: CanarySet | None = None  # recorded control-prompt canaries
+    probe_layers: list[int] = field(default_factory=list)  # attention-probed blocks; [] when off
 
     @property
     def name(self) -> str:
@@ -210,6 +212,11 @@ def load_deployment(config: DeploymentConfig, device: str = "cpu", with_profile:
     for name, pol in config.policies.items():
         policies[name] = DetectorPolicy(pol.action, pol.on_error)
     dep.policies = policies
+    if config.attention.enabled:
+        try:
+            dep.probe_layers = attention_probes.install(pipe, config.family, config.attention.layers)
+        except ValueError as exc:
+            raise ModelLoadError(f"{config.name}: {exc}") from exc
     if with_profile:
         attach_profile(dep)
         attach_references(dep)
@@ -290,3 +297,30 @@ def attach_profile(dep: Deployment) -> None:
         )
     dep.profile = profile
     dep.detectors = profile.build()
+    _match_probes(dep, profile)
+
+
+def probe_settings(config: DeploymentConfig) -> dict[str, Any] | None:
+    """What a profile records of the attention probes it was calibrated with (None: without)."""
+    att = config.attention
+    return {"layers": att.layers, "max_tokens": att.max_tokens} if att.enabled else None
+
+
+def _match_probes(dep: Deployment, profile: CalibrationProfile) -> None:
+    """The attention detectors run only when this deployment probes what its profile was calibrated
+    with; otherwise they are dropped (and the probes idle), with the reason in the log."""
+    attention = [n for n, d in dep.detectors.items() if d.requires]
+    calibrated = profile.notes.get("attention") == probe_settings(dep.config) and bool(attention)
+    if dep.probe_layers and calibrated:
+        return
+    if dep.probe_layers:
+        log.warning(
+            "%s: profile %s was not calibrated with these attention probes (%s); attention detectors "
+            "are off (re-run `latentguard calibrate`)",
+            dep.name,
+            profile_path(dep.config),
+            probe_settings(dep.config),
+        )
+    dep.probe_layers = []
+    for name in attention:
+        del dep.detectors[name]

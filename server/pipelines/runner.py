@@ -28,6 +28,7 @@ from latentguard.detectors.drift import request_summary
 from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import Backend
 from latentguard.server.pipelines.adapters import adapters_disabled
+from latentguard.server.pipelines.attention_probes import Recording, recording
 from latentguard.server.pipelines.callbacks import DrillCallback, GuardCallback, RecordCallback
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.requests import ResolvedRequest
@@ -107,6 +108,8 @@ class PipelineRunner:
         dep, family = self.dep, self.dep.family
         noise = initial_noise(dep, seeds, height, width)
         recorder = RecordCallback(family, height, width, noise) if record else None
+        probe_tokens = dep.config.attention.max_tokens
+        probes = Recording(len(seeds), dep.probe_layers, probe_tokens) if dep.probe_layers else None
 
         def leave(i: int, latents: torch.Tensor) -> None:
             if on_leave is not None:
@@ -121,6 +124,7 @@ class PipelineRunner:
             should_stop,
             on_step,
             leave,
+            attention=probes.take if probes else None,
         )
         fault = DrillCallback(family, height, width, drill, noise, seeds[0], dep.pipe) if drill else None
         callbacks = [*([fault] if fault else []), *([recorder] if recorder else []), guard]
@@ -128,17 +132,18 @@ class PipelineRunner:
         if dep.config.max_sequence_length is not None:
             extra["max_sequence_length"] = dep.config.max_sequence_length
         try:
-            out = dep.pipe(
-                prompt=prompts,
-                num_inference_steps=steps,
-                height=height,
-                width=width,
-                guidance_scale=guidance_scale,
-                latents=family.to_pipeline(noise),
-                output_type="latent",
-                callback_on_step_end=MultiPipelineCallbacks(callbacks),
-                **extra,
-            )
+            with recording(probes):
+                out = dep.pipe(
+                    prompt=prompts,
+                    num_inference_steps=steps,
+                    height=height,
+                    width=width,
+                    guidance_scale=guidance_scale,
+                    latents=family.to_pipeline(noise),
+                    output_type="latent",
+                    callback_on_step_end=MultiPipelineCallbacks(callbacks),
+                    **extra,
+                )
         finally:
             if fault is not None:
                 fault.close()

@@ -130,6 +130,7 @@ def deployment_to_proto(dep: Deployment) -> pb.DeploymentInfo:
         attribution=c.attribution,
         drift=dep.drift is not None,
         canaries=len(dep.canaries.canaries) if dep.canaries else 0,
+        attention_probes=dep.probe_layers,
     )
 
 

@@ -15,7 +15,10 @@ SIGMAS = [1.0, 0.9, 0.75, 0.6, 0.45, 0.3, 0.15, 0.05, 0.0]
 STEPS = len(SIGMAS) - 1
 
 
-def benign(n: int, seed: int, channels: int = 4) -> TrajectoryStats:
+BLOCKS = 3  # attention-probed blocks
+
+
+def benign(n: int, seed: int, channels: int = 4, attention: bool = True) -> TrajectoryStats:
     g = torch.Generator().manual_seed(seed)
     shape = (n, STEPS, channels)
     drift = torch.linspace(0, 0.3, STEPS)[None, :, None]
@@ -38,6 +41,8 @@ def benign(n: int, seed: int, channels: int = 4) -> TrajectoryStats:
         hf_flatness=torch.exp(-1.0 - drift + correlated(0.05)),
         crest=torch.exp(1.2 + noise(0.05)),
         kurtosis=3.0 + noise(0.1),
+        attn_entropy=(0.9 - 0.01 * torch.randn(n, STEPS, BLOCKS, generator=g).abs()) if attention else None,
+        attn_rank=torch.exp(-2.5 + 0.05 * torch.randn(n, STEPS, BLOCKS, generator=g)) if attention else None,
     )
 
 
@@ -60,6 +65,10 @@ def perturb(stats: TrajectoryStats, name: str, step: int) -> TrajectoryStats:
         d["radial_profile"][:, step, :, -1] *= 4.0
     elif name == "tail":
         d["crest"][:, step, 0] *= 4.0
+    elif name == "attention_entropy":
+        d["attn_entropy"][:, step, 1] *= 0.8
+    elif name == "attention_rank":
+        d["attn_rank"][:, step, 0] *= 0.5
     return TrajectoryStats(**d)
 
 

@@ -60,3 +60,14 @@ def test_profile_round_trip_and_format_check(tmp_path):
     path.write_text(path.read_text().replace("latentguard.profile/v2", "latentguard.profile/v0"))
     with pytest.raises(CalibrationError, match="unsupported profile format"):
         CalibrationProfile.load(path)
+
+
+def test_attention_detectors_need_probe_statistics():
+    """Runs without the attention probes calibrate every other detector, and their profile builds."""
+    dets, report = calibrate_detectors(
+        benign(300, 3, attention=False), benign(300, 4, attention=False), SIGMAS, fpr=0.05
+    )
+    assert "attention_entropy" not in dets and "attention_rank" not in dets
+    assert set(profile_of(dets, report).build()) == set(dets)
+    with_probes, _ = calibrate_detectors(benign(300, 3), benign(300, 4), SIGMAS, fpr=0.05)
+    assert {"attention_entropy", "attention_rank"} <= set(with_probes)

@@ -38,6 +38,8 @@ def test_name_is_the_contract_name(name):
         "grain",
         "spectral_shape",
         "tail",
+        "attention_entropy",
+        "attention_rank",
     }
 
 

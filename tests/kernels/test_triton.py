@@ -6,14 +6,14 @@ that dtype cost (signal-to-quantisation-noise of the input and of the statistics
 full-precision original).
 """
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
-from latentguard.kernels import PackedInt4, TrajectoryStats, pack_int4, trajectory_stats, unpack_int4
+from latentguard.kernels import PackedInt4, pack_int4, trajectory_stats, unpack_int4
 from latentguard.kernels.oracle import trajectory_stats_oracle
+from latentguard.kernels.stats import LATENT_FIELDS
 
 pytest.importorskip("triton")
 
@@ -22,7 +22,7 @@ from latentguard.kernels.triton_stats import INPUT_KINDS
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = INPUT_KINDS  # fp32, fp16, bf16, fp8_e4m3, fp8_e5m2, int4 (PackedInt4)
 SHAPES = [(1, 16, 64, 64), (2, 2, 128, 128), (2, 3, 17, 23), (1, 4, 31, 8), (3, 2, 13, 13), (1, 1, 5, 3)]
-FIELDS = [f.name for f in dataclasses.fields(TrajectoryStats)]
+FIELDS = LATENT_FIELDS
 
 
 def latent_like(shape: tuple[int, ...], seed: int) -> torch.Tensor:

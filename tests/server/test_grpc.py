@@ -43,6 +43,8 @@ def test_generate_returns_png_and_report(stub):
     assert resp.report.verdict == "pass" and resp.report.steps_run == 12 and len(resp.report.steps) == 12
     names = [d.name for d in resp.report.detectors]
     assert names == [*DETECTORS, "onnx_classifier"]  # every hand-written detector and the classifier
+    step = resp.report.steps[-1]
+    assert step.HasField("attention_entropy") and 0 < step.attention_rank <= 1
 
 
 def test_generate_drill_abort_has_no_image(stub):
@@ -77,6 +79,9 @@ def test_list_deployments(stub):
     # each variant has its own calibration profile, fitted on its own (quantized) weights
     profiles = {by_name[n].profile for n in ("tiny-sd3", "tiny-sd3-fp8", "tiny-sd3-int4")}
     assert len(profiles) == 3 and "" not in profiles
+    assert list(by_name["tiny-sd3"].attention_probes) == [0, 1, 2, 3]
+    assert list(by_name["tiny-flux"].attention_probes) == [0]
+    assert {"attention_entropy", "attention_rank"} <= set(by_name["tiny-flux"].detectors)
 
 
 def test_health_and_reflection(server):
@@ -183,7 +188,10 @@ def test_inspect_sidecar_matches_the_in_process_guard(server, deployments):
     local = PipelineRunner(dep).generate(
         resolve(GenerateRequest("tiny-sd3", "a red fox", seed=21), dep, _limits()), decode=False
     )
-    for remote, here in zip(cb.report.detectors, local.report.detectors, strict=True):
+    # the sidecar sees latents only: the attention detectors run in the wrapped runner alone
+    latent_only = [d for d in local.report.detectors if not d.name.startswith("attention_")]
+    assert len(latent_only) == len(local.report.detectors) - 2
+    for remote, here in zip(cb.report.detectors, latent_only, strict=True):
         assert remote.name == here.name and remote.score == pytest.approx(here.score, rel=1e-3, abs=1e-3)
 
 

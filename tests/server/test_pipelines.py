@@ -38,6 +38,8 @@ def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, setti
         "grain",
         "spectral_shape",
         "tail",
+        "attention_entropy",
+        "attention_rank",
         "onnx_classifier",
     ]
     assert [s.step for s in rep.steps] == list(range(rep.steps_run))

@@ -65,7 +65,7 @@ class DetectorResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: bool = ..., first_step: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StepReport(_message.Message):
-    __slots__ = ("step", "sigma", "scores", "mean", "var", "hf_ratio", "sr_peak", "nonfinite", "guard_seconds")
+    __slots__ = ("step", "sigma", "scores", "mean", "var", "hf_ratio", "sr_peak", "nonfinite", "guard_seconds", "attention_entropy", "attention_rank")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,8 @@ class StepReport(_message.Message):
     SR_PEAK_FIELD_NUMBER: _ClassVar[int]
     NONFINITE_FIELD_NUMBER: _ClassVar[int]
     GUARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_RANK_FIELD_NUMBER: _ClassVar[int]
     step: int
     sigma: float
     scores: _containers.ScalarMap[str, float]
@@ -91,7 +93,9 @@ class StepReport(_message.Message):
     sr_peak: float
     nonfinite: int
     guard_seconds: float
-    def __init__(self, step: _Optional[int] = ..., sigma: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., mean: _Optional[float] = ..., var: _Optional[float] = ..., hf_ratio: _Optional[float] = ..., sr_peak: _Optional[float] = ..., nonfinite: _Optional[int] = ..., guard_seconds: _Optional[float] = ...) -> None: ...
+    attention_entropy: float
+    attention_rank: float
+    def __init__(self, step: _Optional[int] = ..., sigma: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., mean: _Optional[float] = ..., var: _Optional[float] = ..., hf_ratio: _Optional[float] = ..., sr_peak: _Optional[float] = ..., nonfinite: _Optional[int] = ..., guard_seconds: _Optional[float] = ..., attention_entropy: _Optional[float] = ..., attention_rank: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("total_seconds", "guard_seconds", "guard_seconds_per_step")
@@ -232,7 +236,7 @@ class ListDeploymentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeploymentInfo(_message.Message):
-    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes", "adapters", "attribution", "drift", "canaries")
+    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes", "adapters", "attribution", "drift", "canaries", "attention_probes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +251,7 @@ class DeploymentInfo(_message.Message):
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     CANARIES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_PROBES_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     variant: str
@@ -261,7 +266,8 @@ class DeploymentInfo(_message.Message):
     attribution: bool
     drift: bool
     canaries: int
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., attribution: bool = ..., drift: bool = ..., canaries: _Optional[int] = ...) -> None: ...
+    attention_probes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., attribution: bool = ..., drift: bool = ..., canaries: _Optional[int] = ..., attention_probes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("name", "scale")

@@ -1,0 +1,151 @@
+"""Attention probes (seed 000): on a few joint-attention blocks of the SD3 / FLUX.1 transformer, per
+denoising step, the image-query -> text-key attention entropy and the effective rank of the block's
+image-token output (kernels/attention.py); the detectors attention_entropy and attention_rank read
+them from the step's TrajectoryStats.
+
+A `ProbeProcessor` wraps the block's own attention processor (JointAttnProcessor2_0,
+FluxAttnProcessor) and calls it unchanged, so the pipeline's output is exactly what it was. While it
+runs, a TorchFunctionMode watches for the processor's call to scaled_dot_product_attention and keeps
+its query and key: the probe reads what the model attended with (FLUX's rotary embedding and the QK
+norms included) without re-implementing either processor. It records only on a thread that has
+opened a `Recording` (the runner, around one pipeline call), so a transformer shared by several
+deployments, or a run without probes, pays one thread-local lookup per probed block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from latentguard.kernels.attention import effective_rank, sample_rows, text_attention_entropy
+from latentguard.server.pipelines.families import Pipeline
+
+DEFAULT_BLOCKS = 4
+_local = threading.local()
+
+
+def default_layers(blocks: int) -> list[int]:
+    """Up to DEFAULT_BLOCKS joint-attention blocks spread evenly, the first and the last included."""
+    if blocks <= DEFAULT_BLOCKS:
+        return list(range(blocks))
+    return sorted({round(i * (blocks - 1) / (DEFAULT_BLOCKS - 1)) for i in range(DEFAULT_BLOCKS)})
+
+
+class Recording:
+    """One pipeline call's probe values: per probed block, [B] entropy and rank of the step that ran
+    last, over at most `max_tokens` image tokens. With classifier-free guidance the transformer sees
+    [unconditional; conditional] (2B rows): the conditional half is probed, the one the prompt steers."""
+
+    def __init__(self, batch: int, layers: list[int], max_tokens: int):
+        self.batch, self.layers, self.max_tokens = batch, layers, max_tokens
+        self.values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def rows(self, layer: int, batch: int) -> slice | None:
+        """Which rows of a block's batch to probe; None: not this block (a transformer shared with a
+        deployment probing other blocks), or not this call (the block already ran this step: FLUX's
+        true CFG calls the transformer again for the negative prompt)."""
+        if layer not in self.layers or layer in self.values:
+            return None
+        return slice(self.batch, None) if batch == 2 * self.batch else slice(None)
+
+    def add(self, layer: int, entropy: torch.Tensor, rank: torch.Tensor) -> None:
+        self.values[layer] = (entropy.detach().cpu(), rank.detach().cpu())
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, L] entropy, [B, L] rank) of the step just run, blocks in `layers` order; then clear."""
+        missing = [i for i in self.layers if i not in self.values]
+        if missing:
+            raise RuntimeError(f"attention probes: blocks {missing} did not run this step")
+        entropy = torch.stack([self.values[i][0] for i in self.layers], dim=1)
+        rank = torch.stack([self.values[i][1] for i in self.layers], dim=1)
+        self.values.clear()
+        return entropy, rank
+
+
+@contextmanager
+def recording(rec: Recording | None) -> Iterator[None]:
+    """Probe values of pipeline calls on this thread go to `rec` (None: nothing is recorded)."""
+    previous = getattr(_local, "recording", None)
+    _local.recording = rec
+    try:
+        yield
+    finally:
+        _local.recording = previous
+
+
+class _AttentionInputs(TorchFunctionMode):
+    """Keeps the query, key and scale of the first scaled_dot_product_attention call it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query: torch.Tensor | None = None
+        self.key: torch.Tensor | None = None
+        self.scale: float | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.query is None:
+            self.query = args[0] if args else kwargs["query"]
+            self.key = args[1] if len(args) > 1 else kwargs["key"]
+            self.scale = kwargs.get("scale")
+        return func(*args, **kwargs)
+
+
+class ProbeProcessor:
+    """The block's own processor, plus the probe. `text_first`: the joint sequence is [text; image]
+    (FLUX) rather than [image; text] (SD3)."""
+
+    def __init__(self, inner: Any, layer: int, text_first: bool):
+        self.inner, self.layer, self.text_first = inner, layer, text_first
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        rec: Recording | None = getattr(_local, "recording", None)
+        batch = rec.rows(self.layer, len(hidden_states)) if rec is not None else None
+        if rec is None or batch is None or encoder_hidden_states is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        with _AttentionInputs() as seen:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        if seen.query is None or seen.key is None:
+            raise RuntimeError(f"attention probe on block {self.layer}: no scaled_dot_product_attention call")
+        images, texts = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        first_image = texts if self.text_first else 0
+        first_text = 0 if self.text_first else images
+        tokens = first_image + sample_rows(images, rec.max_tokens, hidden_states.device)
+        query = seen.query[batch, :, tokens]  # [B, H, Q, D]
+        key = seen.key[batch, :, first_text : first_text + texts]  # [B, H, T, D]
+        scale = seen.scale if seen.scale is not None else query.shape[-1] ** -0.5
+        image_out = (out[0] if isinstance(out, tuple) else out)[batch]  # [B, N, width]
+        with torch.inference_mode():
+            rec.add(
+                self.layer,
+                text_attention_entropy(query, key, scale),
+                effective_rank(image_out[:, tokens - first_image]),
+            )
+        return out
+
+
+def install(pipe: Pipeline, family: str, layers: list[int] | None) -> list[int]:
+    """Wrap the processors of the chosen joint-attention blocks (once per transformer: blocks already
+    probed keep their probe); returns the probed block indices."""
+    blocks = pipe.transformer.transformer_blocks
+    chosen = default_layers(len(blocks)) if layers is None else sorted(set(layers))
+    if not chosen or chosen[0] < 0 or chosen[-1] >= len(blocks):
+        raise ValueError(f"attention probe layers {layers} must be in 0..{len(blocks) - 1}")
+    for i in chosen:
+        attn = blocks[i].attn
+        if not isinstance(attn.processor, ProbeProcessor):
+            attn.set_processor(ProbeProcessor(attn.processor, i, family == "flux"))
+    return chosen
