@@ -44,6 +44,7 @@ warnings.filterwarnings("ignore")
 from run_record import append_row  # noqa: E402
 
 from latentguard.detectors import DetectorPolicy  # noqa: E402
+from latentguard.detectors.registry import latent_only  # noqa: E402
 from latentguard.server.config import Limits, Settings  # noqa: E402
 from latentguard.server.harness.background import BackgroundServer  # noqa: E402
 from latentguard.server.pipelines import attention_probes  # noqa: E402
@@ -93,7 +94,7 @@ def bench_guard_overhead(
     logging.getLogger("latentguard").setLevel(logging.ERROR)  # the widened model is not the profiled one
     attach_profile(dep)  # the built-in profile's envelopes: the cost, not the verdicts, is measured here
     probed, detectors = dep.probe_layers, dep.detectors
-    plain = {n: d for n, d in detectors.items() if not d.requires}
+    plain = latent_only(detectors)
     assert probed and len(plain) < len(detectors), "the profile has no attention detectors"
     runner = PipelineRunner(dep)
     size, guidance = 512, 4.5

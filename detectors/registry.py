@@ -35,6 +35,11 @@ LEARNED: dict[str, type[Detector]] = {Classifier.name: Classifier}
 DETECTOR_NAMES: tuple[str, ...] = (*DETECTORS, *LEARNED)
 
 
+def latent_only(detectors: dict[str, Detector]) -> dict[str, Detector]:
+    """The detectors that read the latents alone (not the attention probes' statistics)."""
+    return {name: det for name, det in detectors.items() if not det.requires}
+
+
 def build_detectors() -> dict[str, Detector]:
     """Fresh, unfitted instances of the hand-written detectors."""
     return {name: cls() for name, cls in DETECTORS.items()}

@@ -9,6 +9,7 @@ import time
 import torch
 
 from latentguard.detectors import RequestGuard, StepVerdict
+from latentguard.detectors.registry import latent_only
 from latentguard.server.config import Limits
 from latentguard.server.errors import InvalidArgument
 from latentguard.server.pipelines.deployments import Deployment
@@ -46,8 +47,7 @@ class InspectSession:
         self.dep = dep
         self.started = time.perf_counter()
         # the sidecar sees latents only: the detectors that read the attention probes cannot run
-        detectors = {name: det for name, det in dep.detectors.items() if not det.requires}
-        self.guard = RequestGuard(detectors, dep.policies, initial, sigmas)
+        self.guard = RequestGuard(latent_only(dep.detectors), dep.policies, initial, sigmas)
         self.expected_shape = tuple(initial.shape)
 
     def step(self, step: int, latents: torch.Tensor) -> StepVerdict:

@@ -55,17 +55,16 @@ class Recording:
         return slice(self.batch, None) if batch == 2 * self.batch else slice(None)
 
     def add(self, layer: int, entropy: torch.Tensor, rank: torch.Tensor) -> None:
-        self.values[layer] = (entropy.detach().cpu(), rank.detach().cpu())
+        self.values[layer] = (entropy, rank)  # on the model's device until `take`
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, L] entropy, [B, L] rank) of the step just run, blocks in `layers` order; then clear."""
         missing = [i for i in self.layers if i not in self.values]
         if missing:
             raise RuntimeError(f"attention probes: blocks {missing} did not run this step")
-        entropy = torch.stack([self.values[i][0] for i in self.layers], dim=1)
-        rank = torch.stack([self.values[i][1] for i in self.layers], dim=1)
+        both = torch.stack([torch.stack(self.values[i], dim=1) for i in self.layers], dim=2).cpu()
         self.values.clear()
-        return entropy, rank
+        return both[:, 0], both[:, 1]  # one copy to the host per step
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from latentguard.detectors import (
     default_policies,
 )
 from latentguard.detectors.drift import DriftReference
+from latentguard.detectors.registry import latent_only
 from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
 from latentguard.server.pipelines import attention_probes
@@ -309,8 +310,8 @@ def probe_settings(config: DeploymentConfig) -> dict[str, Any] | None:
 def _match_probes(dep: Deployment, profile: CalibrationProfile) -> None:
     """The attention detectors run only when this deployment probes what its profile was calibrated
     with; otherwise they are dropped (and the probes idle), with the reason in the log."""
-    attention = [n for n, d in dep.detectors.items() if d.requires]
-    calibrated = profile.notes.get("attention") == probe_settings(dep.config) and bool(attention)
+    latent = latent_only(dep.detectors)
+    calibrated = profile.notes.get("attention") == probe_settings(dep.config) and latent != dep.detectors
     if dep.probe_layers and calibrated:
         return
     if dep.probe_layers:
@@ -321,6 +322,4 @@ def _match_probes(dep: Deployment, profile: CalibrationProfile) -> None:
             profile_path(dep.config),
             probe_settings(dep.config),
         )
-    dep.probe_layers = []
-    for name in attention:
-        del dep.detectors[name]
+    dep.probe_layers, dep.detectors = [], latent
