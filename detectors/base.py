@@ -53,7 +53,7 @@ def interp_sigma(table: torch.Tensor, grid: torch.Tensor, sigma: torch.Tensor) -
 
 def conformal_threshold(request_scores: torch.Tensor, fpr: float) -> float:
     n = request_scores.numel()
-    k = math.ceil((n + 1) * (1 - fpr))
+    k = math.ceil((n + 1) * (1 - fpr) - 1e-9)  # exact at fpr = r / (n + 1)
     if k > n:
         raise CalibrationError(
             f"{n} held-out benign runs cannot calibrate a {fpr:.2%} false-positive rate; "

@@ -6,15 +6,21 @@ request on a prompt calibration never saw is flagged by any detector at any step
 - Envelopes are fitted on one set of prompts and thresholds set on another (the caller splits by
   prompt: runs of one prompt are not exchangeable with runs of a new one, so thresholds set on the
   prompts the envelopes were fitted on are optimistic for new prompts).
-- Each detector is thresholded at the split-conformal quantile of its request scores at a common
-  per-detector level alpha; alpha is the largest value (searched from fpr / k up to fpr, k detectors)
-  at which the union "any detector flags" on the held-out set stays within `union_budget(n, fpr,
-  confidence)`: the largest count of n held-out runs that a binomial with rate fpr would reach with
-  probability at most 1 - confidence. Calibrated that way, the union FPR on new prompts is below the
-  target with about that confidence (training-conditional rather than only in expectation), at the
-  price of thresholds a little higher than the plain quantile. Correlated detectors (several read
-  the spectrum) make the union much smaller than the sum, which is why the level is searched
-  jointly rather than split fpr / k ways.
+- Each detector is thresholded at a split-conformal quantile of its request scores at a common
+  per-detector level alpha = r / (n + 1): the threshold is the r-th largest of the n held-out
+  scores. r is the largest (alpha at most fpr) at which the union "any detector flags" on the
+  held-out set stays within `union_budget(n, fpr, confidence)`: the largest count of n held-out
+  runs that a binomial with rate fpr would reach with probability at most 1 - confidence.
+  Calibrated that way, the union FPR on new prompts is below the target with about that confidence
+  (training-conditional rather than only in expectation). Correlated detectors (several read the
+  spectrum) make the union smaller than the sum, which is why the level is searched jointly rather
+  than split fpr / k ways (k detectors).
+- Held-out runs are counted as a new run would be judged (`reaching`): a run *at* a threshold counts
+  as flagged. A new run beats the r-th largest of n held-out scores exactly when it would rank among
+  the top r of the n + 1 runs, and r held-out runs sit at or above that threshold; so the count over
+  n estimates the rate on a new prompt without bias. Counting only the runs strictly above (what
+  `predict` does) leaves out one run per detector; at r = 2 that made the held-out union of the
+  profiles before this count about 1.5x optimistic (0.47% held out, 0.75-1.10% on fresh prompts).
 - The report states the per-detector and the union rate on the held-out set, with the union's
   Clopper-Pearson 95% interval.
 """
@@ -121,27 +127,38 @@ def flag_matrix(
     return {name: torch.tensor([r.flagged for r in d.predict(series, sigmas)]) for name, d in dets.items()}
 
 
-def joint_level(request_scores: dict[str, torch.Tensor], fpr: float, budget: int, steps: int = 80) -> float:
-    """The largest common per-detector level whose conformal thresholds flag at most `budget` runs."""
+def reaching(
+    request_scores: dict[str, torch.Tensor], thresholds: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """Per detector, a bool [N] of the held-out runs at or above its threshold (see the module doc)."""
+    return {name: s >= thresholds[name] for name, s in request_scores.items()}
+
+
+def joint_level(request_scores: dict[str, torch.Tensor], fpr: float, budget: int) -> float:
+    """The largest common per-detector level r / (n + 1) at which at most `budget` held-out runs
+    reach any detector's threshold. At level r / (n + 1) each threshold is the detector's r-th
+    largest held-out score, so r runs reach it; r goes up from 1 while the union stays in budget
+    (it only grows with r)."""
     k = len(request_scores)
-    lo = fpr / k
     n = len(next(iter(request_scores.values())))
-    if math.ceil((n + 1) * (1 - lo)) > n:
+    ordered = {name: s.sort(descending=True).values for name, s in request_scores.items()}
+
+    def union(r: int) -> int:
+        thresholds = {name: float(s[r - 1]) for name, s in ordered.items()}
+        return int(torch.stack(list(reaching(request_scores, thresholds).values())).any(dim=0).sum())
+
+    best = 0
+    for r in range(1, math.floor(fpr * (n + 1)) + 1):
+        if union(r) > budget:
+            break
+        best = r
+    if best == 0:
         raise CalibrationError(
-            f"{n} held-out benign runs cannot calibrate {k} detectors jointly at {fpr:.2%} (the level "
-            f"search starts at {fpr:.2%} / {k}); need at least {math.ceil(k / fpr) - 1}"
+            f"{n} held-out benign runs cannot calibrate {k} detectors jointly at {fpr:.2%}: at the "
+            f"strictest thresholds more runs reach one than the budget of {budget} allows; need at "
+            f"least about {math.ceil(k / fpr)} (more prompts or seeds)"
         )
-
-    def flagged(alpha: float) -> int:
-        over = [s > conformal_threshold(s, alpha) for s in request_scores.values()]
-        return int(torch.stack(over).any(dim=0).sum())
-
-    best = lo
-    for step in range(1, steps + 1):
-        alpha = lo + (fpr - lo) * step / steps
-        if flagged(alpha) <= budget:
-            best = alpha
-    return best
+    return best / (n + 1)
 
 
 def calibrate_detectors(
@@ -167,7 +184,9 @@ def calibrate_detectors(
     alpha = joint_level(request_scores, fpr, budget)
     for name, det in learned.items():
         det.threshold = conformal_threshold(request_scores[name], alpha)
-    flags = flag_matrix(dets, cal_set, sigmas)
+    reached = reaching(request_scores, {name: det.threshold for name, det in learned.items()})
+    reached.update(flag_matrix({"non_finite": dets["non_finite"]}, cal_set, sigmas))
+    flags = {name: reached[name] for name in dets}
     union = torch.stack(list(flags.values())).any(dim=0)
     report = CalibrationReport(
         target_fpr=fpr,

@@ -122,13 +122,15 @@ def image_psnr(dep, drill: Drill | None, prompts: list[str], fault=nullcontext) 
 
 def loo_classifiers(dep, source, kinds: list[str], benign_eval) -> dict[str, Classifier]:
     """Per held-out kind: a classifier trained as the shipped one is (same runs, same procedure)
-    but without that kind, thresholded at the profile's per-detector level on the benign
-    evaluation runs (FPR-matched)."""
+    but without that kind, thresholded on the benign evaluation runs at the rank the profile's
+    thresholds sit at on its held-out runs (FPR-matched)."""
     fit_prompts, _ = split_by_prompt(default_prompts("calibration"), FIT_FRACTION)
     runs = run_grid(fit_prompts, 1, first_seed=CLASSIFIER_SEEDS)
     data, sigmas = classifier_training.training_runs(source, runs)
     benign_train = data.stats.index(torch.tensor([k == "" for k in data.kinds]))
-    level = dep.profile.report.per_detector_alpha
+    report = dep.profile.report  # the same rank r as the profile's thresholds: level r / (n + 1)
+    rank = max(1, round(report.per_detector_alpha * (report.calibration_runs + 1)))
+    level = rank / (len(benign_eval.stats.mean) + 1)
     out = {}
     for kind in kinds:
         clf = Classifier().fit_envelope(benign_train, sigmas)

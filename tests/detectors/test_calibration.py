@@ -3,7 +3,7 @@ import torch
 
 from latentguard.detectors import CalibrationError, CalibrationProfile, calibrate_detectors
 from latentguard.detectors.base import conformal_threshold
-from latentguard.detectors.calibration import union_budget
+from latentguard.detectors.calibration import reaching, union_budget
 
 from .synthetic import SIGMAS, benign, perturb, profile_of
 
@@ -21,15 +21,42 @@ def test_joint_calibration_holds_the_union_rate_on_held_out_runs():
     assert report.calibration_union_fpr <= report.union_budget <= fpr
     low, high = report.union_fpr_interval
     assert low <= report.calibration_union_fpr <= high
-    assert fpr / 7 < report.per_detector_alpha < fpr
-    assert 0.7 * fpr <= union_on(dets, test) <= fpr * 1.05
-    assert report.calibration_fpr["non_finite"] == 0.0
     learned = {n: d for n, d in dets.items() if n != "non_finite"}
+    assert fpr / len(learned) < report.per_detector_alpha < fpr
+    assert 0.7 * fpr <= union_on(dets, test) <= fpr * 1.05
+    assert abs(union_on(dets, test) - report.calibration_union_fpr) < 0.1 * fpr
+    assert report.calibration_fpr["non_finite"] == 0.0
     for alpha, inside in ((fpr / len(learned), False), (fpr, False)):
         for det in learned.values():
             det.threshold = conformal_threshold(det.trajectory_scores(cal, SIGMAS).amax(dim=1), alpha)
         union = union_on(dets, test)
         assert (0.7 * fpr <= union <= fpr * 1.05) == inside, (alpha, union)
+
+
+def test_held_out_count_is_the_rate_a_new_run_sees():
+    """Counting held-out runs at or above each threshold estimates the union rate on new runs without
+    bias; counting only those strictly above (what `predict` does on the same runs) is about 30%
+    low at 2-3 runs per threshold, the round-2 gap between calibration and fresh prompts."""
+    g = torch.Generator().manual_seed(0)
+    k, n, alpha = 6, 2000, 0.0015
+
+    def correlated(m: int) -> torch.Tensor:
+        return 0.8**0.5 * torch.randn(1, m, generator=g) + 0.2**0.5 * torch.randn(k, m, generator=g)
+
+    fresh = correlated(100_000)
+    held_out_rate, fresh_rate = [], []
+    for _ in range(40):
+        cal = correlated(n)
+        scores = {f"d{i}": cal[i] for i in range(k)}
+        thresholds = {name: conformal_threshold(s, alpha) for name, s in scores.items()}
+        held_out_rate.append(
+            torch.stack(list(reaching(scores, thresholds).values())).any(dim=0).float().mean()
+        )
+        fresh_rate.append(
+            (fresh > torch.tensor(list(thresholds.values()))[:, None]).any(dim=0).float().mean()
+        )
+    ratio = float(torch.stack(held_out_rate).mean() / torch.stack(fresh_rate).mean())
+    assert 0.9 < ratio < 1.1, ratio
 
 
 def test_union_budget_is_the_binomial_lower_tail():

@@ -60,6 +60,8 @@ def test_same_seed_same_image_and_the_seed_matters(name, deployments, settings):
 
 # Strengths well above the detection limits: this checks the wiring drill -> detector -> first
 # step; how weak a fault each detector still sees is the evaluation's job (evaluation/results.md).
+# (grain 1.2 and spike 1.0: at 0.8 tiny-flux's thresholds, each detector's highest held-out score,
+# were first crossed at steps 7 and 10.)
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 @pytest.mark.parametrize(
     ("drill", "detector"),
@@ -68,8 +70,8 @@ def test_same_seed_same_image_and_the_seed_matters(name, deployments, settings):
         ("collapse:step=4,strength=0.7", "latent_variance"),
         ("blur:step=4,strength=0.8", "over_smoothing"),
         ("checkerboard:step=4,strength=0.3", "checkerboard"),
-        ("grain:step=4,strength=0.8", "grain"),
-        ("spike:step=4,strength=0.8", "tail"),
+        ("grain:step=4,strength=1.2", "grain"),
+        ("spike:step=4,strength=1.0", "tail"),
     ],
 )
 def test_drills_are_flagged_by_their_detector_at_the_injection_step(
