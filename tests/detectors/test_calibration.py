@@ -44,19 +44,22 @@ def test_held_out_count_is_the_rate_a_new_run_sees():
         return 0.8**0.5 * torch.randn(1, m, generator=g) + 0.2**0.5 * torch.randn(k, m, generator=g)
 
     fresh = correlated(100_000)
-    held_out_rate, fresh_rate = [], []
+    held_out_rate, strict_rate, fresh_rate = [], [], []
     for _ in range(40):
         cal = correlated(n)
         scores = {f"d{i}": cal[i] for i in range(k)}
         thresholds = {name: conformal_threshold(s, alpha) for name, s in scores.items()}
+        limits = torch.tensor(list(thresholds.values()))[:, None]
         held_out_rate.append(
             torch.stack(list(reaching(scores, thresholds).values())).any(dim=0).float().mean()
         )
-        fresh_rate.append(
-            (fresh > torch.tensor(list(thresholds.values()))[:, None]).any(dim=0).float().mean()
-        )
-    ratio = float(torch.stack(held_out_rate).mean() / torch.stack(fresh_rate).mean())
+        strict_rate.append((cal > limits).any(dim=0).float().mean())
+        fresh_rate.append((fresh > limits).any(dim=0).float().mean())
+    fresh_mean = torch.stack(fresh_rate).mean()
+    ratio = float(torch.stack(held_out_rate).mean() / fresh_mean)
+    strict_ratio = float(torch.stack(strict_rate).mean() / fresh_mean)
     assert 0.9 < ratio < 1.1, ratio
+    assert strict_ratio < 0.8, strict_ratio
 
 
 def test_union_budget_is_the_binomial_lower_tail():
