@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint profiles eval eval-drift bench protos promtool clean train quality soak kernels-aot
+.PHONY: install demo test lint profiles eval eval-fpr eval-drift bench protos promtool clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -85,6 +85,10 @@ soak: $(STAMP) promtool
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)
 	$(BIN)/python evaluation/evaluate_detectors.py
+
+## eval-fpr: only the benign false-positive rate on fresh prompts, 2000 runs per deployment -> evaluation/fpr.md
+eval-fpr: $(STAMP)
+	$(BIN)/python evaluation/evaluate_detectors.py --benign-only --out fpr
 
 ## eval-drift: fleet drift on the built-ins: false alarms, and which model changes are caught how fast
 eval-drift: $(STAMP)

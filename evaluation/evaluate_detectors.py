@@ -3,7 +3,7 @@ AUROC, TPR at the calibrated FPR, detection delay; the learned classifier as shi
 leave-one-drill-kind-out.
 
     python evaluation/evaluate_detectors.py [--deployments tiny-sd3,tiny-flux,tiny-sd3-fp8,tiny-sd3-int4]
-        [--benign-runs 2000] [--runs 160] [--loo tiny-sd3,tiny-flux] [--out results]
+        [--benign-runs 2000] [--runs 160] [--loo tiny-sd3,tiny-flux] [--out results] [--benign-only]
 
 Everything runs on the scene grammar's "evaluation" prompts (server/offline/prompts/evaluation.txt,
 never calibrated or trained on) with seeds from 100000 (calibration uses seeds below 4000, the
@@ -11,7 +11,7 @@ classifier's training runs 500000 and up). The guard runs with the shipped profi
 service (annotate-only, so every step is scored). Drill onsets cycle over 2, 4, 6, 8 by batch.
 
 - benign FPR: the fraction of benign requests with a non-pass verdict, with its Clopper-Pearson 95%
-  interval; per detector too.
+  interval; per detector too. `--benign-only` measures just this (about 5 minutes per deployment).
 - AUROC: benign vs drilled runs, on the request's overall margin max over detectors and steps of
   (score - threshold) ("verdict"), and on the detector built for that fault alone.
 - TPR: the fraction of drilled runs with a non-pass verdict at the calibrated thresholds; "within 2
@@ -145,7 +145,7 @@ def loo_classifiers(dep, source, kinds: list[str], benign_eval) -> dict[str, Cla
 
 
 def evaluate(
-    name: str, runs: int, benign_runs: int, batch: int, loo: bool, ray: tuple
+    name: str, runs: int, benign_runs: int, batch: int, loo: bool, ray: tuple, benign_only: bool = False
 ) -> tuple[dict, list[dict]]:
     dep = load_deployment(Settings().deployment(name))
     assert dep.profile is not None, f"{name} has no shipped profile"
@@ -170,6 +170,8 @@ def evaluate(
         f"{name}: benign {benign_runs} runs in {time.time() - t0:.0f}s, FPR {summary['benign_fpr']:.4f}",
         file=sys.stderr,
     )
+    if benign_only:
+        return summary, []
     clf = detectors.get("onnx_classifier")
     loo_models = loo_classifiers(dep, source, sorted({k for k, _, _ in ROWS}), benign) if loo else {}
     loo_benign = {
@@ -250,6 +252,8 @@ def to_markdown(summaries: list[dict], rows: list[dict]) -> str:
             f"| {s['deployment']} | {s['benign_runs']} | {s['benign_fpr']:.4f} ({s['target_fpr']:g}) "
             f"| [{lo:.4f}, {hi:.4f}] | {per} |"
         )
+    if not rows:  # --benign-only
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "| deployment | drill | mode | strength | image PSNR (dB) | AUROC (verdict) "
@@ -285,14 +289,14 @@ def main() -> None:
     parser.add_argument("--out", default="results", help="output name under evaluation/ (.md and .json)")
     parser.add_argument("--ray", default=None, help="run on Ray: 'local' or an address for ray.init")
     parser.add_argument("--ray-workers", type=int, default=2)
+    parser.add_argument("--benign-only", action="store_true", help="only the benign FPR on fresh prompts")
     args = parser.parse_args()
     summaries, rows = [], []
     ray = (args.ray, args.ray_workers)
     with cluster(*ray) if args.ray else nullcontext():
         for name in args.deployments.split(","):
-            summary, got = evaluate(
-                name, args.runs, args.benign_runs, args.batch, name in args.loo.split(","), ray
-            )
+            loo = name in args.loo.split(",")
+            summary, got = evaluate(name, args.runs, args.benign_runs, args.batch, loo, ray, args.benign_only)
             summaries.append(summary)
             rows += got
             results = {"benign": summaries, "drills": rows}
