@@ -409,7 +409,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     parser.add_argument("--device", default=DEVICE, help=f"where the models run [{DEVICE}]")
     parser.add_argument("--max-pairs", type=int, default=60, help="guard overhead: most pairs of runs")
-    parser.add_argument("--layers", type=int, default=2, help="widened tiny-sd3: transformer layers")
+    # 4 layers: the built-in profile's attention detectors expect 4 probed blocks (with 2, every probed
+    # step failed its two detectors and the probed arm timed the error path)
+    parser.add_argument("--layers", type=int, default=4, help="widened tiny-sd3: transformer layers")
     parser.add_argument("--head-dim", type=int, default=32, help="widened tiny-sd3: head dim (4 heads)")
     args = parser.parse_args()
     DEVICE = args.device
