@@ -19,7 +19,8 @@
 3. the cost per step of each detector (the ONNX classifier included) and of trajectory_stats on a
    tiny-sd3 step (16 x 32 x 32).
 4. Inspect (sidecar) throughput in steps/s and p50/p99 added latency per step, for
-   16 x 128 x 128 bf16 latents over loopback.
+   16 x 128 x 128 bf16 latents over loopback to a `latentguard serve` process, and that process's
+   lone Generate latency before and after the Inspect sessions (`generate_after_inspect_ratio`).
 Results are printed and appended to benchmarks/results.csv with device, commit and date.
 """
 
@@ -32,8 +33,11 @@ import queue
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -308,10 +312,10 @@ def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
         srv.stop()
 
 
-def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float]:
-    """`total` requests over gRPC with 1, 2, 4, 8 in flight, and a lone request's latency, with dynamic
-    batching on (default) and off. Each server is a `latentguard serve` process of its own, as in
-    production (on CPU a process computes on one thread: `compute_threads`), run one at a time."""
+@contextmanager
+def serve(deployment: str, **updates) -> Iterator[Any]:
+    """A `latentguard serve` process serving one built-in deployment (with config `updates`), as in
+    production: the clients here run in another process. Yields a Guardrail stub."""
     import subprocess
     import tempfile
 
@@ -320,44 +324,56 @@ def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float
     from latentguard.server.config import builtin_deployments
     from latentguard.server.harness.process import ServeProcess
     from latentguard.server.rpc.client import channel
-    from latentguard.v1 import guardrail_pb2 as pb
     from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
+    cfg = next(d for d in builtin_deployments() if d.name == deployment).model_copy(update=updates)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "latentguard.yaml"
+        dump = {"device": DEVICE, "deployments": [cfg.model_dump(mode="json", exclude_none=True)]}
+        config.write_text(yaml.safe_dump(dump))
+        server = ServeProcess(config=str(config), stderr=subprocess.DEVNULL)
+        try:
+            yield pb_grpc.GuardrailStub(channel(server.wait_serving().target))
+        finally:
+            server.terminate()
+
+
+def generate_call(stub: Any, deployment: str) -> Callable[[int], float]:
+    """One Generate with seed i; returns its latency in seconds."""
+    from latentguard.v1 import guardrail_pb2 as pb
+
+    def call(i: int) -> float:
+        t = time.perf_counter()
+        stub.Generate(
+            pb.GenerateRequest(deployment=deployment, prompt="a red circle on a blue background", seed=i),
+            timeout=120,
+        )
+        return time.perf_counter() - t
+
+    return call
+
+
+def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float]:
+    """`total` requests over gRPC with 1, 2, 4, 8 in flight, and a lone request's latency, with dynamic
+    batching on (default) and off. Each server is a `latentguard serve` process of its own, as in
+    production (on CPU a process computes on one thread: `compute_threads`), run one at a time."""
     out: dict[str, float] = {}
     for mode, size in {"batched": 8, "unbatched": 1}.items():
-        cfg = next(d for d in builtin_deployments() if d.name == deployment)
-        cfg = cfg.model_copy(update={"max_batch_size": size, "max_queue": total})
-        with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "latentguard.yaml"
-            dump = {"device": DEVICE, "deployments": [cfg.model_dump(mode="json", exclude_none=True)]}
-            config.write_text(yaml.safe_dump(dump))
-            server = ServeProcess(config=str(config), stderr=subprocess.DEVNULL)
-            try:
-                stub = pb_grpc.GuardrailStub(channel(server.wait_serving().target))
-
-                def call(i: int, stub: pb_grpc.GuardrailStub = stub) -> float:
+        with serve(deployment, max_batch_size=size, max_queue=total) as stub:
+            call = generate_call(stub, deployment)
+            with ThreadPoolExecutor(total) as pool:  # warm-up, a full batch included
+                list(pool.map(call, range(total)))
+            out[f"{deployment}_{mode}_lone_ms"] = (
+                statistics.median(call(i) for i in range(10 * repeats)) * 1e3
+            )
+            for inflight in (1, 2, 4, 8):
+                rounds = []
+                for _ in range(repeats):
                     t = time.perf_counter()
-                    msg = pb.GenerateRequest(
-                        deployment=deployment, prompt="a red circle on a blue background", seed=i
-                    )
-                    stub.Generate(msg, timeout=120)
-                    return time.perf_counter() - t
-
-                with ThreadPoolExecutor(total) as pool:  # warm-up, a full batch included
-                    list(pool.map(call, range(total)))
-                out[f"{deployment}_{mode}_lone_ms"] = (
-                    statistics.median(call(i) for i in range(10 * repeats)) * 1e3
-                )
-                for inflight in (1, 2, 4, 8):
-                    rounds = []
-                    for _ in range(repeats):
-                        t = time.perf_counter()
-                        with ThreadPoolExecutor(inflight) as pool:
-                            list(pool.map(call, range(total)))
-                        rounds.append(time.perf_counter() - t)
-                    out[f"{deployment}_{mode}_c{inflight}_rps"] = total / statistics.median(rounds)
-            finally:
-                server.terminate()
+                    with ThreadPoolExecutor(inflight) as pool:
+                        list(pool.map(call, range(total)))
+                    rounds.append(time.perf_counter() - t)
+                out[f"{deployment}_{mode}_c{inflight}_rps"] = total / statistics.median(rounds)
         c1, c8 = (out[f"{deployment}_{mode}_c{c}_rps"] for c in (1, 8))
         out[f"{deployment}_{mode}_c8_over_c1"] = c8 / c1
     out[f"{deployment}_lone_ms_batched_minus_unbatched"] = (
@@ -367,15 +383,18 @@ def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float
 
 
 def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
-    from latentguard.server.rpc.client import channel, tensor_frame
-    from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
+    """Inspect sessions against a `latentguard serve` process, and a lone tiny-sd3 Generate's latency
+    before and after them (median of 15): Inspect computes on threads of its own, which must not
+    slow the model's (server/core/threads.py)."""
+    from latentguard.server.rpc.client import tensor_frame
 
-    srv = BackgroundServer(loopback_settings(warmup=False)).start()
-    try:
-        stub = pb_grpc.GuardrailStub(channel(srv.target))
-        sigmas = torch.linspace(1, 0, steps + 1).tolist()
-        g = torch.Generator().manual_seed(0)
-        frames = [torch.randn(1, 16, 128, 128, generator=g).to(torch.bfloat16) for _ in range(steps + 1)]
+    sigmas = torch.linspace(1, 0, steps + 1).tolist()
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randn(1, 16, 128, 128, generator=g).to(torch.bfloat16) for _ in range(steps + 1)]
+    with serve("tiny-sd3") as stub:
+        call = generate_call(stub, "tiny-sd3")
+        call(0)
+        before = statistics.median(call(i) for i in range(15))
         latencies, total_steps = [], 0
         t0 = time.perf_counter()
         for _ in range(sessions):
@@ -391,14 +410,16 @@ def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
             q.put(None)
             list(responses)
         elapsed = time.perf_counter() - t0
-        latencies.sort()
-        return {
-            "inspect_steps_per_s": total_steps / elapsed,
-            "inspect_p50_ms": latencies[len(latencies) // 2] * 1e3,
-            "inspect_p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
-        }
-    finally:
-        srv.stop()
+        after = statistics.median(call(i) for i in range(15))
+    latencies.sort()
+    return {
+        "inspect_steps_per_s": total_steps / elapsed,
+        "inspect_p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "inspect_p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        "generate_before_inspect_ms": before * 1e3,
+        "generate_after_inspect_ms": after * 1e3,
+        "generate_after_inspect_ratio": after / before,
+    }
 
 
 def main() -> None:

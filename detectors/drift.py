@@ -27,7 +27,7 @@ window of an unchanged model raises "any method over its threshold" with probabi
 reported divided by their threshold, so 1 is the alarm line.
 
 Everything here is numpy (and scipy), never torch: the server runs it on a thread of its own, where
-torch's OpenMP team would slow the denoising thread (server/core/service.py, `compute_threads`).
+torch's OpenMP team would slow the denoising thread (server/core/threads.py).
 """
 
 from __future__ import annotations

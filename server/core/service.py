@@ -1,7 +1,7 @@
 """The core service: deployments, admission, workers, cancellation, sessions. No gRPC in here.
 
 Each deployment has a worker thread (one pipeline, one device; on CPU all deployments share one, see
-`compute_threads`) and an admission count of
+`threads.compute_threads`) and an admission count of
 1 + `max_queue` requests; beyond that a request is refused at once (ResourceExhausted), never
 queued without bound. Admitted requests run in dynamic batches (batching.py). Model work runs on the
 worker, off the event loop. A cancelled or expired request leaves its batch at the next step
@@ -32,6 +32,7 @@ from latentguard.server.core.canaries import Canaries
 from latentguard.server.core.drift import FleetDrift
 from latentguard.server.core.sessions import InspectSession
 from latentguard.server.core.shadow import ShadowJob, ShadowMirror
+from latentguard.server.core.threads import compute_threads, side_executor
 from latentguard.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -82,18 +83,6 @@ class RequestRecord:
     steps_run: int  # -1 when unknown (refused, or the run raised)
 
 
-def compute_threads(settings: Settings) -> Callable[[str], ThreadPoolExecutor]:
-    """The worker thread of each deployment. On CPU every deployment shares one: GNU OpenMP (torch's
-    CPU wheels) keeps a thread team per calling thread and, once it manages more threads than there
-    are CPUs, throttles its spin-waiting, so every small op pays a wake-up (a tiny-sd3 request 1.66x
-    slower: benchmarks/bench_service.py, `two_over_one_thread`). The CPU's cores are shared by the
-    deployments anyway. On a GPU each deployment gets its own thread (its kernels run asynchronously)."""
-    if settings.device != "cpu":
-        return lambda name: ThreadPoolExecutor(1, thread_name_prefix=f"lg-{name}")
-    shared = ThreadPoolExecutor(1, thread_name_prefix="lg-cpu")
-    return lambda name: shared
-
-
 class DeploymentWorker:
     def __init__(self, dep: Deployment, settings: Settings, metrics: Metrics, executor: ThreadPoolExecutor):
         self.dep = dep
@@ -127,9 +116,7 @@ class GuardrailService:
         self.metrics = metrics
         self.state: State = "warming"
         self.workers: dict[str, DeploymentWorker] = {}
-        self.inspect_executor = ThreadPoolExecutor(
-            min(4, settings.max_inspect_sessions), thread_name_prefix="lg-inspect"
-        )
+        self.inspect_executor = side_executor(min(4, settings.max_inspect_sessions), "lg-inspect")
         self.inspect_sessions = 0
         self.recent: deque[RequestRecord] = deque(maxlen=256)
         self.worker_thread = compute_threads(settings)

@@ -250,7 +250,7 @@ def test_concurrent_grpc_requests_share_pipeline_calls_and_each_is_answered_and_
 
 
 def test_on_cpu_every_deployment_computes_on_one_thread_and_on_a_gpu_each_on_its_own(settings):
-    from latentguard.server.core.service import compute_threads
+    from latentguard.server.core.threads import compute_threads
 
     on_cpu = compute_threads(settings)
     assert settings.device == "cpu" and on_cpu("tiny-sd3") is on_cpu("tiny-flux")
