@@ -75,18 +75,33 @@ class RequestGuard:
             if policy.action == Action.ABORT:
                 abort |= flagged
         self.aborted_at[abort & (self.aborted_at < 0)] = step
+        verdicts = self.step_verdicts(step)
         self.step_seconds.append(time.perf_counter() - start)
-        return [self.step_verdict(i, step) for i in range(self.batch)]
+        return verdicts
 
-    def step_verdict(self, i: int, step: int) -> StepVerdict:
-        scores = {n: float(v[step][i]) for n, v in self.scores.items()}
-        return StepVerdict(
-            step=step,
-            total_steps=self.total_steps,
-            verdict=self.verdict(i),
-            scores={n: s for n, s in scores.items() if math.isfinite(s)},
-            flagged=tuple(n for n, fs in self.first_step.items() if 0 <= int(fs[i]) <= step),
-        )
+    def step_verdicts(self, step: int) -> list[StepVerdict]:
+        """One verdict per element for `step`, from the scores and first steps so far (copied to
+        Python once for the batch rather than element by element: this runs every step)."""
+        names = list(self.detectors)
+        if not names:
+            return [StepVerdict(step, self.total_steps, self.verdict(i), {}, ()) for i in range(self.batch)]
+        scores = torch.stack([self.scores[n][step] for n in names], dim=1).tolist()  # [B][D]
+        first = torch.stack([self.first_step[n] for n in names], dim=1).tolist()
+        aborted = (self.aborted_at >= 0).tolist()
+        out = []
+        for i in range(self.batch):
+            flagged = tuple(n for n, f in zip(names, first[i], strict=True) if 0 <= f <= step)
+            verdict: Verdict = "abort" if aborted[i] else "flag" if any(f >= 0 for f in first[i]) else "pass"
+            out.append(
+                StepVerdict(
+                    step=step,
+                    total_steps=self.total_steps,
+                    verdict=verdict,
+                    scores={n: v for n, v in zip(names, scores[i], strict=True) if math.isfinite(v)},
+                    flagged=flagged,
+                )
+            )
+        return out
 
     @property
     def seconds(self) -> float:
