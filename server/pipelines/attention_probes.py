@@ -38,13 +38,16 @@ def default_layers(blocks: int) -> list[int]:
 
 
 class Recording:
-    """One pipeline call's probe values: per probed block, [B] entropy and rank of the step that ran
-    last, over at most `max_tokens` image tokens. With classifier-free guidance the transformer sees
-    [unconditional; conditional] (2B rows): the conditional half is probed, the one the prompt steers."""
+    """One pipeline call's probe inputs: per probed block, the sampled image queries, the text keys
+    and the sampled image-token outputs of the step that ran last, over at most `max_tokens` image
+    tokens; `take` turns every block's into statistics at once (one softmax and one batch of SVDs per
+    step rather than one per block: the per-op cost dominates at these sizes). With
+    classifier-free guidance the transformer sees [unconditional; conditional] (2B rows): the
+    conditional half is probed, the one the prompt steers."""
 
     def __init__(self, batch: int, layers: list[int], max_tokens: int):
         self.batch, self.layers, self.max_tokens = batch, layers, max_tokens
-        self.values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.values: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
 
     def rows(self, layer: int, batch: int) -> slice | None:
         """Which rows of a block's batch to probe; None: not this block (a transformer shared with a
@@ -54,17 +57,28 @@ class Recording:
             return None
         return slice(self.batch, None) if batch == 2 * self.batch else slice(None)
 
-    def add(self, layer: int, entropy: torch.Tensor, rank: torch.Tensor) -> None:
-        self.values[layer] = (entropy, rank)  # on the model's device until `take`
+    def add(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, tokens: torch.Tensor, scale: float
+    ) -> None:
+        """Query [B, H, Q, D], text keys [B, H, T, D], image-token output [B, N, width] of one block."""
+        self.values[layer] = (query, key, tokens, scale)  # on the model's device until `take`
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, L] entropy, [B, L] rank) of the step just run, blocks in `layers` order; then clear."""
         missing = [i for i in self.layers if i not in self.values]
         if missing:
             raise RuntimeError(f"attention probes: blocks {missing} did not run this step")
-        both = torch.stack([torch.stack(self.values[i], dim=1) for i in self.layers], dim=2).cpu()
-        self.values.clear()
-        return both[:, 0], both[:, 1]  # one copy to the host per step
+        query, key, tokens, scale = zip(*(self.values.pop(i) for i in self.layers), strict=True)
+        with torch.inference_mode():
+            shapes = {(q.shape, k.shape, s) for q, k, s in zip(query, key, scale, strict=True)}
+            if len(shapes) == 1:
+                entropy = text_attention_entropy(torch.cat(query), torch.cat(key), scale[0])
+            else:  # blocks that differ in shape or scale (not in SD3 / FLUX): one at a time
+                parts = zip(query, key, scale, strict=True)
+                entropy = torch.cat([text_attention_entropy(q, k, s) for q, k, s in parts])
+            rank = effective_rank(torch.cat(tokens))
+        both = torch.stack([entropy, rank]).view(2, len(self.layers), self.batch).cpu()
+        return both[0].t(), both[1].t()  # one copy to the host per step
 
 
 @contextmanager
@@ -124,15 +138,10 @@ class ProbeProcessor:
         first_text = 0 if self.text_first else images
         tokens = first_image + sample_rows(images, rec.max_tokens, hidden_states.device)
         query = seen.query[batch, :, tokens]  # [B, H, Q, D]
-        key = seen.key[batch, :, first_text : first_text + texts]  # [B, H, T, D]
+        key = seen.key[batch, :, first_text : first_text + texts].clone()  # [B, H, T, D], not all keys
         scale = seen.scale if seen.scale is not None else query.shape[-1] ** -0.5
         image_out = (out[0] if isinstance(out, tuple) else out)[batch]  # [B, N, width]
-        with torch.inference_mode():
-            rec.add(
-                self.layer,
-                text_attention_entropy(query, key, scale),
-                effective_rank(image_out[:, tokens - first_image]),
-            )
+        rec.add(self.layer, query, key, image_out[:, tokens - first_image], scale)
         return out
 
 
