@@ -52,21 +52,11 @@ SEEDS = 900_000  # apart from calibration (< 4000), evaluation (100000+) and cla
 
 def x0_hats(runner: PipelineRunner, captions: list[str], drill: Drill | None) -> torch.Tensor:
     """[N, S, C, H, W] x0_hat of every step, float64."""
-    cfg, out = runner.dep.config, []
+    out = []
     for i in range(0, len(captions), 8):
         chunk = captions[i : i + 8]
-        run = runner.denoise(
-            chunk,
-            list(range(SEEDS + i, SEEDS + i + len(chunk))),
-            cfg.steps,
-            cfg.height,
-            cfg.width,
-            cfg.guidance_scale,
-            detectors={},
-            policies={},
-            drill=drill,
-            record=True,
-        )
+        seeds = list(range(SEEDS + i, SEEDS + i + len(chunk)))
+        run = runner.denoise_at_defaults(chunk, seeds, drill, record=True)
         assert run.trajectory is not None
         out.append(torch.stack([run.trajectory.x0_hat(s) for s in range(run.trajectory.steps)], 1))
         print(f"  {len(out) * 8}/{len(captions)}", file=sys.stderr, end="\r")

@@ -152,10 +152,10 @@ class PipelineRunner:
         return Denoised(guard.guard, latents, recorder.result() if recorder else None)
 
     def denoise_at_defaults(
-        self, prompts: list[str], seeds: list[int], drill: Drill | None = None
+        self, prompts: list[str], seeds: list[int], drill: Drill | None = None, record: bool = False
     ) -> Denoised:
-        """The deployment's default steps, size and guidance, statistics kept but no detector scored:
-        what the offline jobs (calibration, evaluation, quality) run."""
+        """The deployment's default steps, size and guidance, statistics kept (and the trajectory, with
+        `record`) but no detector scored: what the offline jobs (calibration, evaluation, quality) run."""
         cfg = self.dep.config
         return self.denoise(
             prompts,
@@ -167,6 +167,7 @@ class PipelineRunner:
             detectors={},
             policies={},
             drill=drill,
+            record=record,
         )
 
     def generate(
