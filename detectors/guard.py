@@ -83,25 +83,20 @@ class RequestGuard:
         """One verdict per element for `step`, from the scores and first steps so far (copied to
         Python once for the batch rather than element by element: this runs every step)."""
         names = list(self.detectors)
-        if not names:
-            return [StepVerdict(step, self.total_steps, self.verdict(i), {}, ()) for i in range(self.batch)]
-        scores = torch.stack([self.scores[n][step] for n in names], dim=1).tolist()  # [B][D]
-        first = torch.stack([self.first_step[n] for n in names], dim=1).tolist()
+        empty: list[list] = [[] for _ in range(self.batch)]
+        scores = torch.stack([self.scores[n][step] for n in names], dim=1).tolist() if names else empty
+        first = torch.stack([self.first_step[n] for n in names], dim=1).tolist() if names else empty
         aborted = (self.aborted_at >= 0).tolist()
-        out = []
-        for i in range(self.batch):
-            flagged = tuple(n for n, f in zip(names, first[i], strict=True) if 0 <= f <= step)
-            verdict: Verdict = "abort" if aborted[i] else "flag" if any(f >= 0 for f in first[i]) else "pass"
-            out.append(
-                StepVerdict(
-                    step=step,
-                    total_steps=self.total_steps,
-                    verdict=verdict,
-                    scores={n: v for n, v in zip(names, scores[i], strict=True) if math.isfinite(v)},
-                    flagged=flagged,
-                )
+        return [
+            StepVerdict(
+                step=step,
+                total_steps=self.total_steps,
+                verdict=_verdict(aborted[i], first[i]),
+                scores={n: v for n, v in zip(names, scores[i], strict=True) if math.isfinite(v)},
+                flagged=tuple(n for n, f in zip(names, first[i], strict=True) if 0 <= f <= step),
             )
-        return out
+            for i in range(self.batch)
+        ]
 
     @property
     def seconds(self) -> float:
@@ -127,9 +122,7 @@ class RequestGuard:
         ]
 
     def verdict(self, i: int) -> Verdict:
-        if self.aborted_at[i] >= 0:
-            return "abort"
-        return "flag" if any(bool(fs[i] >= 0) for fs in self.first_step.values()) else "pass"
+        return _verdict(bool(self.aborted_at[i] >= 0), [int(fs[i]) for fs in self.first_step.values()])
 
     def step_reports(self, i: int) -> list[StepReport]:
         out = []
@@ -154,6 +147,14 @@ class RequestGuard:
                 )
             )
         return out
+
+
+def _verdict(aborted: bool, first_steps: list[int]) -> Verdict:
+    """An element's verdict so far: abort once an abort-policy detector flagged it, else flag once
+    any detector did (first_steps: each detector's first flagged step, -1 for none)."""
+    if aborted:
+        return "abort"
+    return "flag" if any(f >= 0 for f in first_steps) else "pass"
 
 
 def _block_mean(values: torch.Tensor | None, i: int) -> float | None:
