@@ -4,7 +4,8 @@ A trajectory batch is a `TrajectoryStats` whose fields are [N, S, C] (N runs, S 
 with the S noise levels `sigmas` the steps were taken at. A subclass names what it reads (`feature`:
 [..., K], usually one value per channel, or K bands or features), which side of it is risky
 (`direction`) and how the K values combine (`reduce`: mean or max, or its own `combine`, e.g. a
-learned model); the base class derives the rest:
+learned model; with `parts` > 1 the K = C x parts values are reduced over the channels of each part
+and the worst part counts); the base class derives the rest:
 
     z[n, s, k] = direction * (f[n, s, k] - loc[s, k]) / scale[s, k]      per-step envelope (0: |z|)
     r[n, s]    = combine_k z[n, s, k]
@@ -66,6 +67,8 @@ class Detector(ABC):
     name: ClassVar[str]
     direction: ClassVar[Literal[1, -1, 0]] = 1
     reduce: ClassVar[Literal["mean", "max"]] = "mean"
+    #: statistics per channel: a feature [..., C * parts], channel-major, each with its own envelope
+    parts: ClassVar[int] = 1
     #: optional TrajectoryStats fields it reads (the attention probes'): without them it is not built
     requires: ClassVar[tuple[str, ...]] = ()
 
@@ -93,8 +96,11 @@ class Detector(ABC):
 
     # --- scoring ---------------------------------------------------------------------------------
     def combine(self, z: torch.Tensor) -> torch.Tensor:
-        """[..., K] signed z-scores to one raw score per step; `reduce` unless a subclass knows better."""
-        return z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
+        """[..., K] signed z-scores to one raw score per step; `reduce` over the channels (of each
+        part, then the worst part) unless a subclass knows better."""
+        z = z.unflatten(-1, (-1, self.parts)).transpose(-1, -2)  # [..., parts, C]
+        r = z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
+        return r.amax(dim=-1)
 
     def _envelope(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(loc, scale, loc2, scale2) interpolated at noise levels `sigma` [...]."""

@@ -41,7 +41,8 @@ from latentguard.detectors.base import CalibrationError, Detector, conformal_thr
 from latentguard.detectors.registry import DETECTORS, detector_class
 from latentguard.kernels import TrajectoryStats
 
-PROFILE_FORMAT = "latentguard.profile/v2"
+#: v3: checkerboard and grain envelopes have one part per pattern / statistic (round-3 features)
+PROFILE_FORMAT = "latentguard.profile/v3"
 DEFAULT_CONFIDENCE = 0.9
 
 

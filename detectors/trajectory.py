@@ -4,8 +4,10 @@ Flow matching with an Euler scheduler steps x_{i+1} = x_i + (s_{i+1} - s_i) v_i,
 denoised estimate is x0_hat_i = x_i - s_i v_i. The pipeline's step callback exposes only the latents,
 so v_i is recovered from consecutive latents: v_i = (x_{i+1} - x_i) / (s_{i+1} - s_i).
 
-Per-request state is the previous latents (one tensor, replaced every step) and the per-step
-statistics ([B, C] tensors per field): O(steps x channels), never the trajectory itself.
+Each step's statistics also read the previous step's x0_hat (`change_flatness`; the initial
+latents stand in for it at step 0). Per-request state is the previous latents and x0_hat (two
+tensors, replaced every step) and the per-step statistics ([B, C] tensors per field):
+O(steps x channels), never the trajectory itself.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class TrajectoryMonitor:
         self.backend: Backend = backend
         self.initial = initial_latents
         self._prev = initial_latents
+        self._prev_x0 = initial_latents.float()
         self.series: list[TrajectoryStats] = []
 
     @property
@@ -61,10 +64,11 @@ class TrajectoryMonitor:
         probes' (entropy, rank) of that step when given."""
         if step != self.steps_seen:
             raise ValueError(f"steps must arrive in order: expected {self.steps_seen}, got {step}")
-        stats = trajectory_stats(self.x0_hat(step, latents), backend=self.backend).to("cpu")
+        x0 = self.x0_hat(step, latents)
+        stats = trajectory_stats(x0, backend=self.backend, previous=self._prev_x0).to("cpu")
         if attention is not None:
             stats = dataclasses.replace(stats, attn_entropy=attention[0], attn_rank=attention[1])
-        self._prev = latents
+        self._prev, self._prev_x0 = latents, x0
         self.series.append(stats)
         return stats
 

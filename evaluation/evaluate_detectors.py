@@ -4,6 +4,7 @@ leave-one-drill-kind-out.
 
     python evaluation/evaluate_detectors.py [--deployments tiny-sd3,tiny-flux,tiny-sd3-fp8,tiny-sd3-int4]
         [--benign-runs 2000] [--runs 160] [--loo tiny-sd3,tiny-flux] [--out results] [--benign-only]
+        [--rows checkerboard,grain]
 
 Everything runs on the scene grammar's "evaluation" prompts (server/offline/prompts/evaluation.txt,
 never calibrated or trained on) with seeds from 100000 (calibration uses seeds below 4000, the
@@ -145,8 +146,18 @@ def loo_classifiers(dep, source, kinds: list[str], benign_eval) -> dict[str, Cla
 
 
 def evaluate(
-    name: str, runs: int, benign_runs: int, batch: int, loo: bool, ray: tuple, benign_only: bool = False
+    name: str,
+    runs: int,
+    benign_runs: int,
+    batch: int,
+    loo: bool,
+    ray: tuple,
+    benign_only: bool = False,
+    kinds: set[str] | None = None,
 ) -> tuple[dict, list[dict]]:
+    """(benign summary, drill rows) of one deployment; `kinds`: only the rows of these drill kinds."""
+    drill_rows = [r for r in ROWS if kinds is None or r[0] in kinds]
+    attention_rows = [r for r in ATTENTION_ROWS if kinds is None or r[0] in kinds]
     dep = load_deployment(Settings().deployment(name))
     assert dep.profile is not None, f"{name} has no shipped profile"
     address, workers = ray
@@ -173,7 +184,7 @@ def evaluate(
     if benign_only:
         return summary, []
     clf = detectors.get("onnx_classifier")
-    loo_models = loo_classifiers(dep, source, sorted({k for k, _, _ in ROWS}), benign) if loo else {}
+    loo_models = loo_classifiers(dep, source, sorted({k for k, _, _ in drill_rows}), benign) if loo else {}
     loo_benign = {
         k: c.trajectory_scores(benign.stats, benign.sigmas).amax(dim=1) for k, c in loo_models.items()
     }
@@ -217,7 +228,7 @@ def evaluate(
         return result
 
     rows = []
-    for kind, mode, strengths in ROWS:
+    for kind, mode, strengths in drill_rows:
         for strength in strengths:
             drills = [Drill(kind, step=s, strength=strength, mode=mode) for s in INJECT_STEPS]  # type: ignore[arg-type]
             got = source.collect(pairs[:runs], drill=drills)
@@ -227,7 +238,7 @@ def evaluate(
     if address:  # the faults hook this process's model; Ray workers load their own
         print("  attention faults skipped: they need the local collector", file=sys.stderr)
         return summary, rows
-    for kind, strengths in ATTENTION_ROWS:
+    for kind, strengths in attention_rows:
         for strength in strengths:
             fault = lambda k=kind, s=strength: attention_fault(dep, k, s)  # noqa: E731
             with fault():
@@ -290,13 +301,19 @@ def main() -> None:
     parser.add_argument("--ray", default=None, help="run on Ray: 'local' or an address for ray.init")
     parser.add_argument("--ray-workers", type=int, default=2)
     parser.add_argument("--benign-only", action="store_true", help="only the benign FPR on fresh prompts")
+    parser.add_argument("--rows", default=None, help="only these drill kinds, e.g. checkerboard,grain")
     args = parser.parse_args()
+    kinds = set(args.rows.split(",")) if args.rows else None
+    if kinds is not None and (unknown := kinds - {r[0] for r in ROWS} - {r[0] for r in ATTENTION_ROWS}):
+        parser.error(f"--rows: no rows of kind {', '.join(sorted(unknown))}")
     summaries, rows = [], []
     ray = (args.ray, args.ray_workers)
     with cluster(*ray) if args.ray else nullcontext():
         for name in args.deployments.split(","):
             loo = name in args.loo.split(",")
-            summary, got = evaluate(name, args.runs, args.benign_runs, args.batch, loo, ray, args.benign_only)
+            summary, got = evaluate(
+                name, args.runs, args.benign_runs, args.batch, loo, ray, args.benign_only, kinds
+            )
             summaries.append(summary)
             rows += got
             results = {"benign": summaries, "drills": rows}

@@ -1,5 +1,5 @@
 """Why moderate faults are flagged late: at the steps right after a fault's onset, how well does the
-statistic a detector reads today separate benign from faulty runs, and how well would a candidate?
+statistic a detector read in round 2 separate benign from faulty runs, and how well would a candidate?
 
     python evaluation/onset_separability.py [--runs 64] [--onset 4]
 
@@ -10,11 +10,12 @@ trajectory recorded; every statistic below is computed from the recorded x0_hat 
 the largest benign value at that step (the calibrated thresholds sit near the benign maximum over
 all steps and detectors, so this is an upper bound of what a detector on that statistic could flag).
 
-Today (the field the detector reads, reduced as it reduces):
+Round 2 (the field the detector read, reduced as it reduced):
   checkerboard  log of the 2 x 2 phase imbalance, max over the three parity patterns, channel mean
   tail          log crest factor, worst channel
   grain         log high-band spectral flatness of x0_hat, channel mean
-Candidates:
+Candidates (checkerboard and grain: what those detectors read since round 3, `phase_contrast` and
+`change_flatness` with per-part envelopes; tail: still a lead):
   checkerboard  |contrast of the checkerboard pattern alone| (sum s_ab m_ab / sum m_ab), channel mean:
                 the row and column patterns carry the model's own 2 x 2 patch structure, whose
                 spread across prompts drowns the checkerboard in the max over patterns
@@ -87,23 +88,23 @@ def standardised(x: torch.Tensor) -> torch.Tensor:
 
 
 def statistics(kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{name: [N, S]} for today's statistic and the candidate of a drill kind."""
+    """{name: [N, S]} for round 2's statistic and the candidate of a drill kind."""
     if kind == "checkerboard":
         c = phase_contrasts(x)
         imbalance = c.abs().amax(-1)  # TrajectoryStats.phase_imbalance
         return {
-            "today: log max-pattern imbalance, channel mean": imbalance.clamp_min(1e-12).log().mean(-1),
+            "round 2: log max-pattern imbalance, channel mean": imbalance.clamp_min(1e-12).log().mean(-1),
             "candidate: |checkerboard contrast|, channel mean": c[..., 0].abs().mean(-1),
         }
     if kind == "spike":
         z = standardised(x)
         return {
-            "today: log crest, worst channel": z.abs().amax(dim=(-2, -1)).log().amax(-1),
+            "round 2: log crest, worst channel": z.abs().amax(dim=(-2, -1)).log().amax(-1),
             "candidate: max over pixels of sum_c z^2": (z**2).sum(2).amax(dim=(-2, -1)),
         }
     delta = x[:, 1:] - x[:, :-1]  # the change that step s brought, for s >= 1
     return {
-        "today: log hf flatness of x0_hat, channel mean": hf_flatness(x).log().mean(-1),
+        "round 2: log hf flatness of x0_hat, channel mean": hf_flatness(x).log().mean(-1),
         "candidate: log hf flatness of the step change": torch.cat(
             [torch.full_like(x[:, :1, 0, 0, 0], float("nan")), hf_flatness(delta).log().mean(-1)], 1
         ),

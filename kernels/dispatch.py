@@ -12,6 +12,7 @@ cannot run fails loudly instead.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from typing import Literal
@@ -82,12 +83,32 @@ def kernel_key(latents: torch.Tensor | PackedInt4) -> str:
     return f"{latents.device.type} {dtype} {h}x{w}"
 
 
-def trajectory_stats(latents: torch.Tensor | PackedInt4, backend: Backend = "auto") -> TrajectoryStats:
+def trajectory_stats(
+    latents: torch.Tensor | PackedInt4,
+    backend: Backend = "auto",
+    previous: torch.Tensor | None = None,
+) -> TrajectoryStats:
     """Per-(batch, channel) statistics of a [B, C, H, W] tensor (or PackedInt4) in one pass.
 
     See TrajectoryStats for the fields. Every backend follows the definitions in oracle.py.
+    `previous` (same shape; the previous step's estimate) sets `change_flatness`, the high-band
+    flatness of latents - previous: the batch is doubled to [latents, latents - previous] (float32)
+    and goes through the same single launch; without it, previous is 0 and the field is hf_flatness.
     """
     check_shape(tuple(latents.shape))
+    if previous is None:
+        return _backend_stats(latents, backend)
+    if isinstance(latents, PackedInt4):
+        raise TypeError("trajectory_stats: `previous` needs float latents, not PackedInt4")
+    if previous.shape != latents.shape:
+        raise ValueError(f"previous has shape {tuple(previous.shape)}, latents {tuple(latents.shape)}")
+    x = latents.float()
+    both = _backend_stats(torch.cat([x, x - previous.to(x.device, torch.float32)]), backend)
+    b = latents.shape[0]
+    return dataclasses.replace(both.index(slice(0, b)), change_flatness=both.hf_flatness[b:])
+
+
+def _backend_stats(latents: torch.Tensor | PackedInt4, backend: Backend) -> TrajectoryStats:
     if resolve_backend(backend, latents.device) == "triton":
         from latentguard.kernels.triton_stats import trajectory_stats_triton  # imports triton
 

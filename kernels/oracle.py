@@ -23,19 +23,45 @@ from latentguard.kernels.stats import (
 )
 
 
-def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, 0.0)
+
+
+def _power(x: torch.Tensor) -> torch.Tensor:
+    """|fft2(x - mean)|^2 of a plane whose non-finite values read as 0."""
+    x = _finite(x)
+    return torch.fft.fft2(x - x.mean()).abs() ** 2
+
+
+def _bands(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high-frequency mask, radial bin) over the full spectrum."""
+    ky = torch.minimum(torch.arange(h), h - torch.arange(h)).to(device)
+    kx = torch.minimum(torch.arange(w), w - torch.arange(w)).to(device)
+    return radial_bands(ky[:, None], kx[None, :], h, w)
+
+
+def _hf_flatness(power: torch.Tensor) -> torch.Tensor:
+    """Geometric over arithmetic mean of the power in the band r >= HF_CUTOFF (0 without one)."""
+    h, w = power.shape
+    hf = _bands(h, w, power.device)[0]
+    if not bool(hf.any()):
+        return torch.zeros((), dtype=power.dtype)
+    eps = EPS_REL * power.sum().clamp_min(EPS_ABS) / (h * w) + EPS_ABS
+    return torch.exp(torch.log(power[hf] + eps).mean()) / (power[hf].mean() + eps)
+
+
+def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
     h, w = x.shape
+    change = _power(x - previous)  # non-finite differences read as 0, as in x itself
     finite = torch.isfinite(x)
     x = torch.where(finite, x, 0.0)
     mean = x.mean()
     centred = x - mean
-    power = torch.fft.fft2(centred).abs() ** 2
+    power = _power(x)
     fy = torch.fft.fftfreq(h, dtype=x.dtype, device=x.device)
     fx = torch.fft.fftfreq(w, dtype=x.dtype, device=x.device)
     radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-    ky = torch.minimum(torch.arange(h), h - torch.arange(h)).to(x.device)
-    kx = torch.minimum(torch.arange(w), w - torch.arange(w)).to(x.device)
-    hf, bins = radial_bands(ky[:, None], kx[None, :], h, w)
+    hf, bins = _bands(h, w, x.device)
     total = power.sum().clamp_min(EPS_ABS)
     log_amp = 0.5 * torch.log(power + EPS_REL * total / (h * w) + EPS_ABS)
     log_amp[0, 0] = (log_amp.sum() - log_amp[0, 0]) / max(h * w - 1, 1)  # mean removal zeroed DC
@@ -51,8 +77,6 @@ def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
         [sq[a::2, b::2].mean() if sq[a::2, b::2].numel() else zero for a in (0, 1) for b in (0, 1)]
     )
     contrasts = torch.tensor(PARITY_PATTERNS, dtype=x.dtype) @ phases
-    eps = EPS_REL * total / (h * w) + EPS_ABS
-    flatness = torch.exp(torch.log(power[hf] + eps).mean()) / (power[hf].mean() + eps) if has_band else zero
     return [
         mean,
         var,
@@ -61,17 +85,21 @@ def _plane_stats(x: torch.Tensor) -> list[torch.Tensor]:
         radius.flatten()[peak] if has_band else zero,
         profile,
         (~finite).sum(),
-        contrasts.abs().max() / phases.sum().clamp_min(EPS_ABS),
-        flatness,
+        contrasts / phases.sum().clamp_min(EPS_ABS),
+        _hf_flatness(power),
+        _hf_flatness(change),
         centred.abs().max() / (var + EPS_ABS).sqrt(),
         sq.square().mean() / (var.square() + EPS_ABS),
     ]
 
 
-def trajectory_stats_oracle(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> TrajectoryStats:
-    """Per-plane loop over a [B, C, H, W] tensor, computed in `dtype`."""
+def trajectory_stats_oracle(
+    x: torch.Tensor, dtype: torch.dtype = torch.float64, previous: torch.Tensor | None = None
+) -> TrajectoryStats:
+    """Per-plane loop over a [B, C, H, W] tensor, computed in `dtype`; `previous` as in dispatch."""
     check_shape(tuple(x.shape))
     b, c = x.shape[:2]
-    planes = [_plane_stats(x[i, j].to(dtype)) for i in range(b) for j in range(c)]
+    prev = torch.zeros_like(x) if previous is None else previous
+    planes = [_plane_stats(x[i, j].to(dtype), prev[i, j].to(dtype)) for i in range(b) for j in range(c)]
     stacked = {n: torch.stack([p[k] for p in planes]) for k, n in enumerate(LATENT_FIELDS)}
     return TrajectoryStats(**{n: v.reshape(b, c, *v.shape[1:]) for n, v in stacked.items()})

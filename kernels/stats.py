@@ -63,15 +63,20 @@ class TrajectoryStats:
     sr_freq          radial frequency (cycles/pixel) where that peak sits
     radial_profile   [B, C, RADIAL_BINS] fraction of spectral energy per radial bin
     nonfinite        count of NaN/Inf values (int64)
-    phase_imbalance  energy imbalance between the 2 x 2 polyphase components: with m_ab the mean of
-                     (x - mean)^2 over the pixels (i, j) with (i mod 2, j mod 2) = (a, b),
-                     max over the patterns s in PARITY_PATTERNS of |sum s_ab m_ab| / sum m_ab. It is
-                     the DFT of (x - mean)^2 at that pattern's Nyquist frequency relative to its DC,
-                     i.e. how much the spectrum correlates with its own replica mirrored about
-                     Nyquist: a multiplicative 2-periodic modulation x (1 + a s) makes it about 2a
-                     on any content; an additive one shows in sr_peak instead.
+    phase_contrast   [B, C, 3] signed energy contrast between the 2 x 2 polyphase components: with
+                     m_ab the mean of (x - mean)^2 over the pixels (i, j) with (i mod 2, j mod 2) =
+                     (a, b), sum s_ab m_ab / sum m_ab for each pattern s of PARITY_PATTERNS
+                     (checkerboard, rows, columns). It is the DFT of (x - mean)^2 at that pattern's
+                     Nyquist frequency relative to its DC, i.e. how much the spectrum correlates with
+                     its own replica mirrored about Nyquist: a multiplicative 2-periodic modulation
+                     x (1 + a s) makes it about 2a on any content; an additive one shows in sr_peak
+                     instead. `phase_imbalance` is its largest magnitude over the patterns.
     hf_flatness      spectral flatness (geometric over arithmetic mean of power) in the band
                      r >= HF_CUTOFF: near 0.56 for white noise, low for structured content
+    change_flatness  hf_flatness of x - previous, previous the estimate of the step before
+                     (`trajectory_stats(x, previous=...)`; 0 without one, so hf_flatness itself):
+                     image content changes smoothly from step to step, noise drawn afresh at each
+                     denoiser call does not, so the change is flat where x itself may not be
     crest            max |x - mean| / std (finite overflow and saturation raise it)
     kurtosis         mean (x - mean)^4 / var^2 (3 for Gaussian values)
 
@@ -88,12 +93,18 @@ class TrajectoryStats:
     sr_freq: torch.Tensor
     radial_profile: torch.Tensor
     nonfinite: torch.Tensor
-    phase_imbalance: torch.Tensor
+    phase_contrast: torch.Tensor
     hf_flatness: torch.Tensor
+    change_flatness: torch.Tensor
     crest: torch.Tensor
     kurtosis: torch.Tensor
     attn_entropy: torch.Tensor | None = None
     attn_rank: torch.Tensor | None = None
+
+    @property
+    def phase_imbalance(self) -> torch.Tensor:
+        """[B, C] max over the parity patterns of |phase_contrast|."""
+        return self.phase_contrast.abs().amax(dim=-1)
 
     def to(self, device: str | torch.device) -> TrajectoryStats:
         return TrajectoryStats(**{k: v.to(device) for k, v in self.as_dict().items()})

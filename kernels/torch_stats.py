@@ -131,7 +131,7 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
     hf_flatness = torch.zeros_like(total)
     if hf_count > 0:
         hf_flatness = torch.exp(hf_log / hf_count) / (sums[:, 1] / hf_count + eps)
-    phase_imbalance, crest, kurtosis = _spatial_stats(xf - mean[:, None, None])
+    phase_contrast, crest, kurtosis = _spatial_stats(xf - mean[:, None, None])
     return TrajectoryStats(
         mean=mean.reshape(b, c),
         var=var.reshape(b, c),
@@ -140,15 +140,16 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         sr_freq=sr_freq.reshape(b, c),
         radial_profile=profile.reshape(b, c, RADIAL_BINS),
         nonfinite=nonfinite.reshape(b, c),
-        phase_imbalance=phase_imbalance.reshape(b, c),
+        phase_contrast=phase_contrast.reshape(b, c, len(PARITY_PATTERNS)),
         hf_flatness=hf_flatness.reshape(b, c),
+        change_flatness=hf_flatness.reshape(b, c),  # previous = 0 (dispatch sets it otherwise)
         crest=crest.reshape(b, c),
         kurtosis=kurtosis.reshape(b, c),
     )
 
 
 def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(phase_imbalance, crest, kurtosis) of centred planes [n, H, W]: three passes over the values."""
+    """(phase_contrast [n, 3], crest, kurtosis) of centred planes [n, H, W]: three passes over the values."""
     n, h, w = xc.shape
     sq = xc.square()
     if h % 2 == 0 and w % 2 == 0:  # the 2 x 2 phases as one strided reduction
@@ -164,8 +165,8 @@ def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
             dim=1,
         )
     patterns = torch.tensor(PARITY_PATTERNS, dtype=sq.dtype, device=sq.device)
-    imbalance = (phases @ patterns.t()).abs().amax(dim=1) / phases.sum(dim=1).clamp_min(EPS_ABS)
+    contrast = (phases @ patterns.t()) / phases.sum(dim=1, keepdim=True).clamp_min(EPS_ABS)
     var = sq.mean(dim=(-2, -1))
     fourth = torch.linalg.vector_norm(sq, 2, dim=(-2, -1)).square() / (h * w)
     crest = torch.linalg.vector_norm(xc, math.inf, dim=(-2, -1)) / (var + EPS_ABS).sqrt()
-    return imbalance, crest, fourth / (var.square() + EPS_ABS)
+    return contrast, crest, fourth / (var.square() + EPS_ABS)

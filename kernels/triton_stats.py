@@ -10,9 +10,12 @@ Math (per plane X of H x W, padded to BH x BW = next powers of two >= 16, masked
          R = L - box / 9;  sr = max R / 2 over r >= HF_CUTOFF (argmax gives sr_freq)
     flatness = exp(mean L over r >= HF_CUTOFF) / mean P there
     m_ab = mean Xc^2 over each 2 x 2 phase (parity masks of the row / column index)
-    imbalance = max over the three parity patterns |sum s_ab m_ab| / sum m_ab
+    contrast_s = sum s_ab m_ab / sum m_ab for each of the three parity patterns s (3 outputs,
+                 from sums pass 2 already makes: no extra pass or traffic)
     crest = max |Xc| / std;  kurtosis = mean Xc^4 / var^2
-The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual).
+The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual). `change_flatness` is not a
+term of its own: with a previous estimate, dispatch.py launches this kernel once on the doubled
+batch [x, x - previous] and reads the second half's flatness (2 x the planes, still one launch).
 
 Structure: a whole 128 x 128 plane held in registers does not fit the GPUs we target (262 KB of
 shared memory on sm_90, where a block may have 227 KB; 131 KB on sm_89, which allows 99 KB). So the
@@ -39,6 +42,8 @@ Cost per call for SD3/FLUX latents (16 channels, 128 x 128, batch B; n = 128):
 On an H100 SXM (~495 dense TF32 TFLOPS, so ~165 for tf32x3; L2 ~10 TB/s): batch 1 is bound by
 launch latency and the 16 programs' serial passes (16 of 132 SMs busy); batch 8 ~2-5 us of
 compute and L2 traffic. These floors are estimates: no GPU has run this kernel yet (see README).
+The service passes the previous estimate (change_flatness), so a step launches 2 x 16 B programs:
+twice the flops and traffic above, the same single launch; at batch 1 still 32 of 132 SMs.
 The O(n^3) DFT-by-matmul trades the FFT's O(n^2 log n) for tensor cores and full fusion; at n = 128
 the products are 12 x the FFT's flops but run on units the FFT cannot use.
 """
@@ -64,8 +69,9 @@ from latentguard.kernels.stats import (
     padded_side,
 )
 
-# mean, var, hf, sr_peak, sr_freq, nonfinite, phase_imbalance, hf_flatness, crest, kurtosis, profile[BINS]
-_SCALARS = 10
+# mean, var, hf, sr_peak, sr_freq, nonfinite, hf_flatness, crest, kurtosis, phase_contrast[3], profile[BINS]
+_SCALARS = 12
+_CONTRAST = 9
 _OUT = _SCALARS + RADIAL_BINS
 _FP8_KIND = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -142,6 +148,7 @@ def _trajectory_stats_kernel(
     BR: tl.constexpr,
     HF_DEN: tl.constexpr,
     SCALARS: tl.constexpr,
+    CONTRAST: tl.constexpr,
     BINS: tl.constexpr,
     EPS_REL: tl.constexpr,
     EPS_ABS: tl.constexpr,
@@ -195,13 +202,12 @@ def _trajectory_stats_kernel(
     m01 = tl.sum(tl.where(slot == 1, sums, 0.0)) / tl.maximum(tl.sum(tl.where(slot == 5, sums, 0.0)), 1.0)
     m10 = tl.sum(tl.where(slot == 2, sums, 0.0)) / tl.maximum(tl.sum(tl.where(slot == 6, sums, 0.0)), 1.0)
     m11 = tl.sum(tl.where(slot == 3, sums, 0.0)) / tl.maximum(tl.sum(tl.where(slot == 7, sums, 0.0)), 1.0)
-    checker = tl.abs(m00 - m01 - m10 + m11)  # the signs of stats.PARITY_PATTERNS
-    by_row = tl.abs(m00 + m01 - m10 - m11)
-    by_col = tl.abs(m00 - m01 + m10 - m11)
-    imbalance = tl.maximum(checker, tl.maximum(by_row, by_col)) / tl.maximum(m00 + m01 + m10 + m11, EPS_ABS)
-    tl.store(base + 6, imbalance)
-    tl.store(base + 8, abs_max / tl.sqrt(var_s + EPS_ABS))
-    tl.store(base + 9, (quartic / count) / (var_s * var_s + EPS_ABS))
+    phase_total = tl.maximum(m00 + m01 + m10 + m11, EPS_ABS)
+    tl.store(base + CONTRAST + 0, (m00 - m01 - m10 + m11) / phase_total)  # stats.PARITY_PATTERNS' signs
+    tl.store(base + CONTRAST + 1, (m00 + m01 - m10 - m11) / phase_total)
+    tl.store(base + CONTRAST + 2, (m00 - m01 + m10 - m11) / phase_total)
+    tl.store(base + 7, abs_max / tl.sqrt(var_s + EPS_ABS))
+    tl.store(base + 8, (quartic / count) / (var_s * var_s + EPS_ABS))
     tl.debug_barrier()
 
     # pass 3, first half of the DFT: A = Xc C_W, B = Xc S_W, BR rows at a time, to scratch
@@ -279,7 +285,7 @@ def _trajectory_stats_kernel(
         hf_log_sum += _masked_sum(log_p, high)
     hf_log_mean = hf_log_sum / tl.maximum(hf_count, 1.0)
     flatness = tl.exp(hf_log_mean) / (hf_power / tl.maximum(hf_count, 1.0) + eps)
-    tl.store(base + 7, tl.where(hf_count > 0, flatness, 0.0))
+    tl.store(base + 6, tl.where(hf_count > 0, flatness, 0.0))
     tl.debug_barrier()
     tl.store(xc_ptr, log_sum / tl.maximum(count - 1.0, 1.0))  # DC: mean removal zeroed it
     tl.debug_barrier()
@@ -341,6 +347,7 @@ def launch_constants(h: int, w: int, dtype: torch.dtype | None, group: int = 2) 
         BR=min(ROW_BLOCK, bh, bw),
         HF_DEN=round(1 / HF_CUTOFF),
         SCALARS=_SCALARS,
+        CONTRAST=_CONTRAST,
         BINS=RADIAL_BINS,
         EPS_REL=EPS_REL,
         EPS_ABS=EPS_ABS,
@@ -382,8 +389,9 @@ def trajectory_stats_triton(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         sr_freq=out[..., 4],
         radial_profile=out[..., _SCALARS:],
         nonfinite=out[..., 5].long(),
-        phase_imbalance=out[..., 6],
-        hf_flatness=out[..., 7],
-        crest=out[..., 8],
-        kurtosis=out[..., 9],
+        phase_contrast=out[..., _CONTRAST : _CONTRAST + 3],
+        hf_flatness=out[..., 6],
+        change_flatness=out[..., 6],  # previous = 0 (dispatch sets it otherwise)
+        crest=out[..., 7],
+        kurtosis=out[..., 8],
     )

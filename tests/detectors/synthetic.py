@@ -37,12 +37,13 @@ def benign(n: int, seed: int, channels: int = 4, attention: bool = True) -> Traj
         sr_freq=torch.full(shape, 0.5),
         radial_profile=profile,
         nonfinite=torch.zeros(shape, dtype=torch.long),
-        phase_imbalance=torch.exp(-3.0 + correlated(0.1)),
+        phase_contrast=torch.exp(-3.0 + correlated(0.1))[..., None] * torch.tensor([1.0, -1.0, 1.0]),
         hf_flatness=torch.exp(-1.0 - drift + correlated(0.05)),
         crest=torch.exp(1.2 + noise(0.05)),
         kurtosis=3.0 + noise(0.1),
         attn_entropy=(0.9 - 0.01 * torch.randn(n, STEPS, BLOCKS, generator=g).abs()) if attention else None,
         attn_rank=torch.exp(-2.5 + 0.05 * torch.randn(n, STEPS, BLOCKS, generator=g)) if attention else None,
+        change_flatness=torch.exp(-0.8 - drift + correlated(0.05)),  # last: the draws above as before
     )
 
 
@@ -58,7 +59,7 @@ def perturb(stats: TrajectoryStats, name: str, step: int) -> TrajectoryStats:
     elif name == "non_finite":
         d["nonfinite"][:, step, 0] = 3
     elif name == "checkerboard":
-        d["phase_imbalance"][:, step] *= 5.0
+        d["phase_contrast"][:, step, :, 0] *= 5.0
     elif name == "grain":
         d["hf_flatness"][:, step] *= 2.0
     elif name == "spectral_shape":

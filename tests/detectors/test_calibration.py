@@ -3,7 +3,7 @@ import torch
 
 from latentguard.detectors import CalibrationError, CalibrationProfile, calibrate_detectors
 from latentguard.detectors.base import conformal_threshold
-from latentguard.detectors.calibration import reaching, union_budget
+from latentguard.detectors.calibration import PROFILE_FORMAT, reaching, union_budget
 
 from .synthetic import SIGMAS, benign, perturb, profile_of
 
@@ -87,7 +87,7 @@ def test_profile_round_trip_and_format_check(tmp_path):
     a = [r.flagged for r in dets["over_smoothing"].predict(bad, SIGMAS)]
     b = [r.flagged for r in loaded.build()["over_smoothing"].predict(bad, SIGMAS)]
     assert a == b and all(a)
-    path.write_text(path.read_text().replace("latentguard.profile/v2", "latentguard.profile/v0"))
+    path.write_text(path.read_text().replace(PROFILE_FORMAT, "latentguard.profile/v0"))
     with pytest.raises(CalibrationError, match="unsupported profile format"):
         CalibrationProfile.load(path)
 

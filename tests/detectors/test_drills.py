@@ -10,6 +10,7 @@ from latentguard.detectors import (
     denoised_estimate,
     x0_to_latent_delta,
 )
+from latentguard.kernels import trajectory_stats
 
 
 def test_parse_and_print_round_trip():
@@ -73,3 +74,18 @@ def test_monitor_keeps_only_per_step_stats():
     mon.observe(1, noise * 0.1)
     stacked = mon.stacked()
     assert stacked.var.shape == (1, 2, 4) and math.isfinite(float(stacked.var.sum()))
+
+
+def test_monitor_compares_each_estimate_with_the_one_before():
+    g = torch.Generator().manual_seed(2)
+    latents = [torch.randn(2, 4, 16, 16, generator=g) for _ in range(4)]
+    sigmas = [1.0, 0.7, 0.4, 0.0]
+    mon = TrajectoryMonitor(latents[0], sigmas, backend="reference")
+    previous = latents[0]  # step 0 is compared with the initial latents
+    for step in range(3):
+        x0 = mon.x0_hat(step, latents[step + 1])
+        seen = mon.observe(step, latents[step + 1])
+        want = trajectory_stats(x0, backend="reference", previous=previous)
+        torch.testing.assert_close(seen.change_flatness, want.change_flatness)
+        assert not torch.allclose(seen.change_flatness, seen.hf_flatness)
+        previous = x0

@@ -149,3 +149,39 @@ def test_warm_up_compiles_every_padded_size_a_deployment_can_need_once(monkeypat
     warmed = dispatch.warm_up(torch.device("cpu"), 16, 128, 40)  # latents up to 128 x 40
     assert [tuple(s) for s in launched] == [(h, w) for h in (16, 32, 64, 128) for w in (16, 32, 64)]
     assert warmed[0] == "cpu float32 16x16" and warmed[-1] == "cpu float32 128x64"
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_previous_sets_change_flatness_and_leaves_the_rest(backend):
+    if backend == "triton":
+        pytest.importorskip("triton")  # run in its interpreter (conftest)
+    g = torch.Generator().manual_seed(3)
+    previous = torch.nn.functional.avg_pool2d(torch.randn(2, 3, 17, 24, generator=g), 3, 1, 1)
+    x = (previous * 1.1 + 0.2).to(torch.bfloat16)
+    got = trajectory_stats(x, backend=backend, previous=previous)
+    alone = trajectory_stats(x, backend=backend)
+    want = trajectory_stats_oracle(x.double(), previous=previous.double())
+    torch.testing.assert_close(got.change_flatness.double(), want.change_flatness, rtol=1e-4, atol=1e-4)
+    for name, value in alone.as_dict().items():  # the other fields: those of x alone
+        if name != "change_flatness":
+            torch.testing.assert_close(getattr(got, name), value, rtol=1e-6, atol=1e-6, msg=name)
+    torch.testing.assert_close(alone.change_flatness, alone.hf_flatness)  # previous = 0
+
+
+def test_change_flatness_sees_fresh_noise_that_content_hides():
+    """Smooth content that moves a little between steps changes smoothly; fresh noise does not."""
+    g = torch.Generator().manual_seed(4)
+    content = torch.nn.functional.avg_pool2d(torch.randn(1, 4, 32, 32, generator=g), 5, 1, 2)
+    step = content + 0.05 * torch.nn.functional.avg_pool2d(torch.randn(1, 4, 32, 32, generator=g), 5, 1, 2)
+    noisy = step + 0.02 * content.std() * torch.randn(1, 4, 32, 32, generator=g)
+    clean, grain = trajectory_stats(step, previous=content), trajectory_stats(noisy, previous=content)
+    assert (grain.change_flatness > 2 * clean.change_flatness).all()
+    assert (grain.hf_flatness < 2 * clean.hf_flatness).all()  # x itself barely shows it
+
+
+def test_previous_must_match_and_be_a_float_tensor():
+    x = torch.zeros(1, 2, 8, 8)
+    with pytest.raises(ValueError, match="shape"):
+        trajectory_stats(x, previous=torch.zeros(1, 2, 8, 9))
+    with pytest.raises(TypeError, match="PackedInt4"):
+        trajectory_stats(pack_int4(x), previous=x)

@@ -80,8 +80,19 @@ def test_drills_are_flagged_by_their_detector_at_the_injection_step(
     rep = run(deployments[name], settings, seed=11, drill=drill).report
     assert rep.verdict == "flag"
     found = {d.name: d for d in rep.detectors}[detector]
-    assert found.flagged and found.first_step in (4, 5), found
-    assert all(d.first_step == -1 or d.first_step >= 4 for d in rep.detectors)
+    flagged = [d.first_step for d in rep.detectors if d.flagged]
+    assert all(step >= 4 for step in flagged) and min(flagged) in (4, 5)
+    if (name, detector) in LATE:  # flagged, but after other detectors
+        assert found.flagged and found.first_step >= 4, found
+    else:
+        assert found.flagged and found.first_step in (4, 5), found
+
+
+# Known late: on tiny-sd3 the grain detector's threshold is set by the benign tail of its
+# step-change part, and saturated flatness (white noise is as flat as it gets) stays under it until
+# the last step; the request is flagged at step 4 by spectral_shape and the classifier (README,
+# Evaluation, "Reading it").
+LATE = {("tiny-sd3", "grain")}
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
