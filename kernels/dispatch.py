@@ -21,7 +21,7 @@ import torch
 
 from latentguard.kernels.packing import PackedInt4
 from latentguard.kernels.stats import TrajectoryStats, check_shape, interpreted, padded_side
-from latentguard.kernels.torch_stats import trajectory_stats_torch
+from latentguard.kernels.torch_stats import change_flatness_torch, trajectory_stats_torch
 
 Backend = Literal["auto", "triton", "reference"]
 log = logging.getLogger(__name__)
@@ -92,8 +92,9 @@ def trajectory_stats(
 
     See TrajectoryStats for the fields. Every backend follows the definitions in oracle.py.
     `previous` (same shape; the previous step's estimate) sets `change_flatness`, the high-band
-    flatness of latents - previous: the batch is doubled to [latents, latents - previous] (float32)
-    and goes through the same single launch; without it, previous is 0 and the field is hf_flatness.
+    flatness of latents - previous: on the Triton path the batch is doubled to [latents,
+    latents - previous] (float32) and goes through the same single launch; the torch path adds only
+    the difference's spectrum. Without it, previous is 0 and the field is hf_flatness.
     """
     check_shape(tuple(latents.shape))
     if previous is None:
@@ -102,6 +103,9 @@ def trajectory_stats(
         raise TypeError("trajectory_stats: `previous` needs float latents, not PackedInt4")
     if previous.shape != latents.shape:
         raise ValueError(f"previous has shape {tuple(previous.shape)}, latents {tuple(latents.shape)}")
+    if resolve_backend(backend, latents.device) == "reference":
+        change = change_flatness_torch(latents, previous.to(latents.device))
+        return dataclasses.replace(trajectory_stats_torch(latents), change_flatness=change)
     x = latents.float()
     both = _backend_stats(torch.cat([x, x - previous.to(x.device, torch.float32)]), backend)
     b = latents.shape[0]

@@ -128,9 +128,7 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
     if not bool(torch.isfinite(band_offset).any()):
         sr_peak, sr_freq = torch.zeros_like(sr_peak), torch.zeros_like(sr_freq)
 
-    hf_flatness = torch.zeros_like(total)
-    if hf_count > 0:
-        hf_flatness = torch.exp(hf_log / hf_count) / (sums[:, 1] / hf_count + eps)
+    hf_flatness = _flatness(hf_log, sums[:, 1], eps, hf_count)
     phase_contrast, crest, kurtosis = _spatial_stats(xf - mean[:, None, None])
     return TrajectoryStats(
         mean=mean.reshape(b, c),
@@ -146,6 +144,32 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         crest=crest.reshape(b, c),
         kurtosis=kurtosis.reshape(b, c),
     )
+
+
+def _flatness(
+    hf_log: torch.Tensor, hf_power: torch.Tensor, eps: torch.Tensor, hf_count: float
+) -> torch.Tensor:
+    """exp(mean log power) / mean power over the high band, from its sums (0 without a band)."""
+    if hf_count == 0:
+        return torch.zeros_like(hf_power)
+    return torch.exp(hf_log / hf_count) / (hf_power / hf_count + eps)
+
+
+def change_flatness_torch(x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """[B, C] hf_flatness of x - previous, non-finite differences read as 0: only the part of
+    `trajectory_stats(x, previous=...)` that the difference adds (one more rfft2, a log, band sums)."""
+    b, c, h, w = x.shape
+    n, wr = b * c, w // 2 + 1
+    d = torch.nan_to_num(x.float() - previous.float(), nan=0.0, posinf=0.0, neginf=0.0).reshape(n, h, w)
+    _, _, bands, _, hf_count = spectrum_geometry(h, w, str(x.device))
+    ri = torch.view_as_real(torch.fft.rfft2(d))
+    power = torch.addcmul(ri[..., 0].square(), ri[..., 1], ri[..., 1])
+    power[:, 0, 0] = 0.0  # mean removal only zeroes DC
+    flat = power.view(n, h * wr)
+    sums = (bands[:2] @ flat.t()).t()  # total, high-frequency
+    eps = EPS_REL * sums[:, 0].clamp_min(EPS_ABS) / (h * w) + EPS_ABS
+    hf_log = flat.add_(eps[:, None]).log_() @ bands[1]
+    return _flatness(hf_log, sums[:, 1], eps, hf_count).reshape(b, c)
 
 
 def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
