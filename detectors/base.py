@@ -3,13 +3,13 @@
 A trajectory batch is a `TrajectoryStats` whose fields are [N, S, C] (N runs, S steps, C channels),
 with the S noise levels `sigmas` the steps were taken at. A subclass names what it reads (`feature`:
 [..., K], usually one value per channel, or K bands or features), which side of it is risky
-(`direction`) and how the K values combine (`reduce`: mean or max, or its own `combine`, e.g. a
-learned model; with `parts` > 1 the K = C x parts values are reduced over the channels of each part
-and the worst part counts); the base class derives the rest:
+(`direction`) and how the K values combine into P part scores (`combine`; by default `reduce`, mean
+or max, over the channels, and with `parts` > 1 over the channels of each of the K = C x parts
+statistics; a subclass may combine its own way, e.g. a learned model); the base class derives the rest:
 
     z[n, s, k] = direction * (f[n, s, k] - loc[s, k]) / scale[s, k]      per-step envelope (0: |z|)
-    r[n, s]    = combine_k z[n, s, k]
-    score      = (r - loc2[s]) / scale2[s]                               step-normalised score
+    r[n, s, p] = combine_k z[n, s, k]                                    P part scores
+    score      = max_p (r - loc2[s, p]) / scale2[s, p]                   each part step-normalised
     request    = max_s score,  flagged when > threshold
 
 `fit` learns the envelope (loc, scale, loc2, scale2) on one benign set; `calibrate` sets the one
@@ -67,7 +67,7 @@ class Detector(ABC):
     name: ClassVar[str]
     direction: ClassVar[Literal[1, -1, 0]] = 1
     reduce: ClassVar[Literal["mean", "max"]] = "mean"
-    #: statistics per channel: a feature [..., C * parts], channel-major, each with its own envelope
+    #: statistics per channel: a feature [..., C * parts], channel-major, each its own part score
     parts: ClassVar[int] = 1
     #: optional TrajectoryStats fields it reads (the attention probes'): without them it is not built
     requires: ClassVar[tuple[str, ...]] = ()
@@ -96,11 +96,11 @@ class Detector(ABC):
 
     # --- scoring ---------------------------------------------------------------------------------
     def combine(self, z: torch.Tensor) -> torch.Tensor:
-        """[..., K] signed z-scores to one raw score per step; `reduce` over the channels (of each
-        part, then the worst part) unless a subclass knows better."""
+        """[..., K] z-scores to [..., P] raw part scores (each gets its own step normalisation, then
+        the worst counts): `reduce` over the channels of each of the `parts` statistics unless a
+        subclass knows better."""
         z = z.unflatten(-1, (-1, self.parts)).transpose(-1, -2)  # [..., parts, C]
-        r = z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
-        return r.amax(dim=-1)
+        return z.amax(dim=-1) if self.reduce == "max" else z.mean(dim=-1)
 
     def _envelope(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(loc, scale, loc2, scale2) interpolated at noise levels `sigma` [...]."""
@@ -109,14 +109,14 @@ class Detector(ABC):
         tables = (self._loc, self._scale, self._loc2, self._scale2)
         return tuple(interp_sigma(t, self._grid, sigma) for t in tables if t is not None)
 
-    def _channel_scores(self, stats: TrajectoryStats, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _part_scores(self, stats: TrajectoryStats, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         z = torch.nan_to_num((self.feature(stats).double() - loc) / scale, nan=0.0, posinf=1e6, neginf=-1e6)
         return self.combine(z.abs() if self.direction == 0 else self.direction * z)
 
     def score(self, stats: TrajectoryStats, sigma: torch.Tensor) -> torch.Tensor:
         """Step-normalised risk score for stats [..., C] at noise levels `sigma` [...]; higher is riskier."""
         loc, scale, loc2, scale2 = self._envelope(sigma)
-        return (self._channel_scores(stats, loc, scale) - loc2) / scale2
+        return ((self._part_scores(stats, loc, scale) - loc2) / scale2).amax(dim=-1)
 
     def step_score(self, stats: TrajectoryStats, sigma: float) -> torch.Tensor:
         """`score` for one step of a live request ([B, C] stats, one sigma), envelope cached per sigma."""
@@ -126,7 +126,7 @@ class Detector(ABC):
                 self._step_envelopes.clear()
             env = self._step_envelopes[sigma] = self._envelope(torch.tensor(sigma, dtype=torch.float64))
         loc, scale, loc2, scale2 = env
-        return (self._channel_scores(stats, loc, scale) - loc2) / scale2
+        return ((self._part_scores(stats, loc, scale) - loc2) / scale2).amax(dim=-1)
 
     def trajectory_scores(self, series: TrajectoryStats, sigmas: list[float]) -> torch.Tensor:
         """[N, S] scores of a trajectory batch whose steps were taken at `sigmas`."""
@@ -151,12 +151,12 @@ class Detector(ABC):
         return self
 
     def fit_normalisation(self, reference: TrajectoryStats, sigmas: list[float]) -> Detector:
-        """loc2 and scale2 of the combined score per step (after fit_envelope)."""
+        """loc2 and scale2 of each part score per step (after fit_envelope)."""
         if self._grid is None or self._loc is None or self._scale is None:
             raise NotFittedError(f"{self.name}: fit_envelope() first")
         s = reference.mean.shape[1]
         order = torch.argsort(torch.tensor(sigmas[:s], dtype=torch.float64))
-        r = self._channel_scores(reference.index((slice(None), order)), self._loc, self._scale)
+        r = self._part_scores(reference.index((slice(None), order)), self._loc, self._scale)
         self._loc2 = r.mean(dim=0)
         self._scale2 = r.std(dim=0).clamp_min(_MIN_SCALE)
         self._step_envelopes.clear()

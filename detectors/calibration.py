@@ -41,8 +41,9 @@ from latentguard.detectors.base import CalibrationError, Detector, conformal_thr
 from latentguard.detectors.registry import DETECTORS, detector_class
 from latentguard.kernels import TrajectoryStats
 
-#: v3: checkerboard and grain envelopes have one part per pattern / statistic (round-3 features)
-PROFILE_FORMAT = "latentguard.profile/v3"
+#: v4: every part score has its own step normalisation (loc2, scale2 of shape [steps, parts]);
+#: checkerboard has coherent and incoherent parts, tail reads the change's crest too
+PROFILE_FORMAT = "latentguard.profile/v4"
 DEFAULT_CONFIDENCE = 0.9
 
 

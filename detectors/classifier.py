@@ -100,7 +100,7 @@ class Classifier(Detector):
         return (torch.log(p[:, 1]) - torch.log(p[:, 0])).reshape(z.shape[:-1])
 
     def combine(self, z: torch.Tensor) -> torch.Tensor:
-        return self.log_odds(z)
+        return self.log_odds(z)[..., None]  # one part
 
     def fit(self, reference: TrajectoryStats, sigmas: list[float]) -> Classifier:
         """The envelope always; the step normalisation only once a model is set."""

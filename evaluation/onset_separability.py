@@ -14,13 +14,19 @@ Round 2 (the field the detector read, reduced as it reduced):
   checkerboard  log of the 2 x 2 phase imbalance, max over the three parity patterns, channel mean
   tail          log crest factor, worst channel
   grain         log high-band spectral flatness of x0_hat, channel mean
-Candidates (checkerboard and grain: what those detectors read since round 3, `phase_contrast` and
-`change_flatness` with per-part envelopes; tail: still a lead):
+Candidates (what the detectors read since round 3 for checkerboard and grain, round 4 for the
+checkerboard's coherent part and tail, except the sum over channels, which was not built):
   checkerboard  |contrast of the checkerboard pattern alone| (sum s_ab m_ab / sum m_ab), channel mean:
                 the row and column patterns carry the model's own 2 x 2 patch structure, whose
                 spread across prompts drowns the checkerboard in the max over patterns
+                |channel mean of that contrast|: benign contrasts differ in sign from channel to
+                channel (tiny-sd3-int4's quantised weights leave per-channel ones of their own) and
+                cancel in the mean; a modulation on one phase in every channel does not
   tail          max over pixels of sum over channels of z^2 (z: per-channel standardised): a stuck
                 activation lands on one position in every channel, benign extremes do not
+                log crest of the step-to-step change of x0_hat, worst channel: a small object on a
+                flat background is itself many std from the mean, but forms gradually; a stuck
+                value appears at once
   grain         high-band flatness of the step-to-step change of x0_hat: noise drawn afresh at each
                 denoiser call is incoherent between steps, image content is not
 
@@ -47,7 +53,13 @@ from latentguard.server.pipelines.deployments import load_deployment
 from latentguard.server.pipelines.runner import PipelineRunner
 
 HERE = Path(__file__).parent
-CASES = [("tiny-sd3", "checkerboard", 0.1), ("tiny-sd3", "spike", 0.3), ("tiny-flux", "grain", 0.2)]
+CASES = [
+    ("tiny-sd3", "checkerboard", 0.1),
+    ("tiny-sd3-int4", "checkerboard", 0.1),
+    ("tiny-sd3", "spike", 0.3),
+    ("tiny-flux", "spike", 0.3),
+    ("tiny-flux", "grain", 0.2),
+]
 SEEDS = 900_000  # apart from calibration (< 4000), evaluation (100000+) and classifier (500000+) seeds
 
 
@@ -87,27 +99,34 @@ def standardised(x: torch.Tensor) -> torch.Tensor:
     return centred(x) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
 
 
+def step_change(x: torch.Tensor) -> torch.Tensor:
+    """x0_hat minus the previous step's, for s >= 1 (NaN at step 0: the initial latents are not kept)."""
+    return torch.cat([torch.full_like(x[:, :1], float("nan")), x[:, 1:] - x[:, :-1]], 1)
+
+
 def statistics(kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{name: [N, S]} for round 2's statistic and the candidate of a drill kind."""
+    """{name: [N, S]} for round 2's statistic and the candidates of a drill kind."""
     if kind == "checkerboard":
         c = phase_contrasts(x)
         imbalance = c.abs().amax(-1)  # TrajectoryStats.phase_imbalance
         return {
             "round 2: log max-pattern imbalance, channel mean": imbalance.clamp_min(1e-12).log().mean(-1),
             "candidate: |checkerboard contrast|, channel mean": c[..., 0].abs().mean(-1),
+            "candidate: |channel mean of checkerboard contrast|": c[..., 0].mean(-1).abs(),
         }
     if kind == "spike":
-        z = standardised(x)
+        z, z_change = standardised(x), standardised(step_change(x))
         return {
             "round 2: log crest, worst channel": z.abs().amax(dim=(-2, -1)).log().amax(-1),
             "candidate: max over pixels of sum_c z^2": (z**2).sum(2).amax(dim=(-2, -1)),
+            "candidate: log crest of the step change, worst channel": z_change.abs()
+            .amax(dim=(-2, -1))
+            .log()
+            .amax(-1),
         }
-    delta = x[:, 1:] - x[:, :-1]  # the change that step s brought, for s >= 1
     return {
         "round 2: log hf flatness of x0_hat, channel mean": hf_flatness(x).log().mean(-1),
-        "candidate: log hf flatness of the step change": torch.cat(
-            [torch.full_like(x[:, :1, 0, 0, 0], float("nan")), hf_flatness(delta).log().mean(-1)], 1
-        ),
+        "candidate: log hf flatness of the step change": hf_flatness(step_change(x)).log().mean(-1),
     }
 
 

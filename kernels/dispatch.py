@@ -21,7 +21,7 @@ import torch
 
 from latentguard.kernels.packing import PackedInt4
 from latentguard.kernels.stats import TrajectoryStats, check_shape, interpreted, padded_side
-from latentguard.kernels.torch_stats import change_flatness_torch, trajectory_stats_torch
+from latentguard.kernels.torch_stats import change_stats_torch, trajectory_stats_torch
 
 Backend = Literal["auto", "triton", "reference"]
 log = logging.getLogger(__name__)
@@ -91,10 +91,11 @@ def trajectory_stats(
     """Per-(batch, channel) statistics of a [B, C, H, W] tensor (or PackedInt4) in one pass.
 
     See TrajectoryStats for the fields. Every backend follows the definitions in oracle.py.
-    `previous` (same shape; the previous step's estimate) sets `change_flatness`, the high-band
-    flatness of latents - previous: on the Triton path the batch is doubled to [latents,
-    latents - previous] (float32) and goes through the same single launch; the torch path adds only
-    the difference's spectrum. Without it, previous is 0 and the field is hf_flatness.
+    `previous` (same shape; the previous step's estimate) sets `change_flatness` and `change_crest`,
+    the high-band flatness and the crest of latents - previous: on the Triton path the batch is
+    doubled to [latents, latents - previous] (float32) and goes through the same single launch; the
+    torch path adds only the difference's spectrum, max and norm. Without it, previous is 0 and the
+    fields are hf_flatness and crest.
     """
     check_shape(tuple(latents.shape))
     if previous is None:
@@ -104,12 +105,16 @@ def trajectory_stats(
     if previous.shape != latents.shape:
         raise ValueError(f"previous has shape {tuple(previous.shape)}, latents {tuple(latents.shape)}")
     if resolve_backend(backend, latents.device) == "reference":
-        change = change_flatness_torch(latents, previous.to(latents.device))
-        return dataclasses.replace(trajectory_stats_torch(latents), change_flatness=change)
+        flatness, crest = change_stats_torch(latents, previous.to(latents.device))
+        return dataclasses.replace(
+            trajectory_stats_torch(latents), change_flatness=flatness, change_crest=crest
+        )
     x = latents.float()
     both = _backend_stats(torch.cat([x, x - previous.to(x.device, torch.float32)]), backend)
     b = latents.shape[0]
-    return dataclasses.replace(both.index(slice(0, b)), change_flatness=both.hf_flatness[b:])
+    return dataclasses.replace(
+        both.index(slice(0, b)), change_flatness=both.hf_flatness[b:], change_crest=both.crest[b:]
+    )
 
 
 def _backend_stats(latents: torch.Tensor | PackedInt4, backend: Backend) -> TrajectoryStats:

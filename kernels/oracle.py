@@ -50,9 +50,15 @@ def _hf_flatness(power: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.log(power[hf] + eps).mean()) / (power[hf].mean() + eps)
 
 
+def _crest(x: torch.Tensor) -> torch.Tensor:
+    """max |x - mean| / std of a plane whose non-finite values read as 0."""
+    centred = _finite(x) - _finite(x).mean()
+    return centred.abs().max() / (centred.square().mean() + EPS_ABS).sqrt()
+
+
 def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
     h, w = x.shape
-    change = _power(x - previous)  # non-finite differences read as 0, as in x itself
+    change = x - previous  # non-finite differences read as 0, as in x itself
     finite = torch.isfinite(x)
     x = torch.where(finite, x, 0.0)
     mean = x.mean()
@@ -87,8 +93,9 @@ def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
         (~finite).sum(),
         contrasts / phases.sum().clamp_min(EPS_ABS),
         _hf_flatness(power),
-        _hf_flatness(change),
-        centred.abs().max() / (var + EPS_ABS).sqrt(),
+        _hf_flatness(_power(change)),
+        _crest(x),
+        _crest(change),
         sq.square().mean() / (var.square() + EPS_ABS),
     ]
 

@@ -78,6 +78,9 @@ class TrajectoryStats:
                      image content changes smoothly from step to step, noise drawn afresh at each
                      denoiser call does not, so the change is flat where x itself may not be
     crest            max |x - mean| / std (finite overflow and saturation raise it)
+    change_crest     crest of x - previous (crest itself without one): a value that jumps between
+                     two steps stands out in the change even where the scene's own extremes (a small
+                     bright object on a flat background) hide it in x
     kurtosis         mean (x - mean)^4 / var^2 (3 for Gaussian values)
 
     Not from the tensor but from the denoiser's attention at the same step, when the deployment runs
@@ -97,6 +100,7 @@ class TrajectoryStats:
     hf_flatness: torch.Tensor
     change_flatness: torch.Tensor
     crest: torch.Tensor
+    change_crest: torch.Tensor
     kurtosis: torch.Tensor
     attn_entropy: torch.Tensor | None = None
     attn_rank: torch.Tensor | None = None

@@ -142,6 +142,7 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         hf_flatness=hf_flatness.reshape(b, c),
         change_flatness=hf_flatness.reshape(b, c),  # previous = 0 (dispatch sets it otherwise)
         crest=crest.reshape(b, c),
+        change_crest=crest.reshape(b, c),  # previous = 0 (dispatch sets it otherwise)
         kurtosis=kurtosis.reshape(b, c),
     )
 
@@ -155,9 +156,10 @@ def _flatness(
     return torch.exp(hf_log / hf_count) / (hf_power / hf_count + eps)
 
 
-def change_flatness_torch(x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """[B, C] hf_flatness of x - previous, non-finite differences read as 0: only the part of
-    `trajectory_stats(x, previous=...)` that the difference adds (one more rfft2, a log, band sums)."""
+def change_stats_torch(x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, C] hf_flatness, [B, C] crest) of x - previous, non-finite differences read as 0: only
+    what `trajectory_stats(x, previous=...)` adds for the difference (one more rfft2, a log, band
+    sums, its mean, max and min)."""
     b, c, h, w = x.shape
     n, wr = b * c, w // 2 + 1
     d = torch.nan_to_num(x.float() - previous.float(), nan=0.0, posinf=0.0, neginf=0.0).reshape(n, h, w)
@@ -167,9 +169,13 @@ def change_flatness_torch(x: torch.Tensor, previous: torch.Tensor) -> torch.Tens
     power[:, 0, 0] = 0.0  # mean removal only zeroes DC
     flat = power.view(n, h * wr)
     sums = (bands[:2] @ flat.t()).t()  # total, high-frequency
+    var = sums[:, 0] / (h * w) ** 2  # Parseval
     eps = EPS_REL * sums[:, 0].clamp_min(EPS_ABS) / (h * w) + EPS_ABS
     hf_log = flat.add_(eps[:, None]).log_() @ bands[1]
-    return _flatness(hf_log, sums[:, 1], eps, hf_count).reshape(b, c)
+    mean = d.mean(dim=(-2, -1))
+    peak = torch.maximum(d.amax(dim=(-2, -1)) - mean, mean - d.amin(dim=(-2, -1)))
+    crest = peak / (var + EPS_ABS).sqrt()
+    return _flatness(hf_log, sums[:, 1], eps, hf_count).reshape(b, c), crest.reshape(b, c)
 
 
 def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,9 +13,10 @@ Math (per plane X of H x W, padded to BH x BW = next powers of two >= 16, masked
     contrast_s = sum s_ab m_ab / sum m_ab for each of the three parity patterns s (3 outputs,
                  from sums pass 2 already makes: no extra pass or traffic)
     crest = max |Xc| / std;  kurtosis = mean Xc^4 / var^2
-The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual). `change_flatness` is not a
-term of its own: with a previous estimate, dispatch.py launches this kernel once on the doubled
-batch [x, x - previous] and reads the second half's flatness (2 x the planes, still one launch).
+The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual). `change_flatness` and
+`change_crest` are not terms of their own: with a previous estimate, dispatch.py launches this
+kernel once on the doubled batch [x, x - previous] and reads the second half's flatness and crest
+(2 x the planes, still one launch).
 
 Structure: a whole 128 x 128 plane held in registers does not fit the GPUs we target (262 KB of
 shared memory on sm_90, where a block may have 227 KB; 131 KB on sm_89, which allows 99 KB). So the
@@ -42,8 +43,9 @@ Cost per call for SD3/FLUX latents (16 channels, 128 x 128, batch B; n = 128):
 On an H100 SXM (~495 dense TF32 TFLOPS, so ~165 for tf32x3; L2 ~10 TB/s): batch 1 is bound by
 launch latency and the 16 programs' serial passes (16 of 132 SMs busy); batch 8 ~2-5 us of
 compute and L2 traffic. These floors are estimates: no GPU has run this kernel yet (see README).
-The service passes the previous estimate (change_flatness), so a step launches 2 x 16 B programs:
-twice the flops and traffic above, the same single launch; at batch 1 still 32 of 132 SMs.
+The service passes the previous estimate (change_flatness, change_crest), so a step launches
+2 x 16 B programs: twice the flops and traffic above, the same single launch; at batch 1 still 32 of
+132 SMs.
 The O(n^3) DFT-by-matmul trades the FFT's O(n^2 log n) for tensor cores and full fusion; at n = 128
 the products are 12 x the FFT's flops but run on units the FFT cannot use.
 """
@@ -393,5 +395,6 @@ def trajectory_stats_triton(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         hf_flatness=out[..., 6],
         change_flatness=out[..., 6],  # previous = 0 (dispatch sets it otherwise)
         crest=out[..., 7],
+        change_crest=out[..., 7],  # previous = 0 (dispatch sets it otherwise)
         kurtosis=out[..., 8],
     )

@@ -44,6 +44,7 @@ def benign(n: int, seed: int, channels: int = 4, attention: bool = True) -> Traj
         attn_entropy=(0.9 - 0.01 * torch.randn(n, STEPS, BLOCKS, generator=g).abs()) if attention else None,
         attn_rank=torch.exp(-2.5 + 0.05 * torch.randn(n, STEPS, BLOCKS, generator=g)) if attention else None,
         change_flatness=torch.exp(-0.8 - drift + correlated(0.05)),  # last: the draws above as before
+        change_crest=torch.exp(1.5 + noise(0.05)),
     )
 
 

@@ -86,6 +86,7 @@ def test_monitor_compares_each_estimate_with_the_one_before():
         x0 = mon.x0_hat(step, latents[step + 1])
         seen = mon.observe(step, latents[step + 1])
         want = trajectory_stats(x0, backend="reference", previous=previous)
-        torch.testing.assert_close(seen.change_flatness, want.change_flatness)
-        assert not torch.allclose(seen.change_flatness, seen.hf_flatness)
+        for change, of_x in (("change_flatness", "hf_flatness"), ("change_crest", "crest")):
+            torch.testing.assert_close(getattr(seen, change), getattr(want, change))
+            assert not torch.allclose(getattr(seen, change), getattr(seen, of_x))
         previous = x0

@@ -1,5 +1,5 @@
-"""Detectors with several statistics per channel (`parts`): each part has its own envelope, so a
-part with a narrow benign spread is not drowned by one with a wide spread."""
+"""Detectors with several part scores: each has its own envelope and step normalisation, so a part
+with a narrow benign spread is not drowned by one with a wide spread."""
 
 import dataclasses
 
@@ -10,11 +10,12 @@ from latentguard.detectors import DETECTORS
 from .synthetic import SIGMAS, benign
 
 
-def with_contrasts(n: int, seed: int) -> object:
+def with_contrasts(n: int, seed: int, channels: int = 4) -> object:
     """Benign runs whose checkerboard contrast is narrow (sd 0.01) and row / column contrasts wide
-    (sd 0.2, the model's own 2 x 2 patch structure varies a lot across prompts)."""
+    (sd 0.2, the model's own 2 x 2 patch structure varies a lot across prompts), independent
+    from channel to channel."""
     g = torch.Generator().manual_seed(seed)
-    stats = benign(n, seed)
+    stats = benign(n, seed, channels)
     shape = stats.phase_contrast.shape[:-1]
     sd = torch.tensor([0.01, 0.2, 0.2])
     return dataclasses.replace(stats, phase_contrast=sd * torch.randn((*shape, 3), generator=g))
@@ -32,6 +33,19 @@ def test_checkerboard_flags_a_contrast_below_the_row_patterns_spread():
     assert (bad.phase_imbalance[:, 5].mean(-1) > limit).float().mean() < 0.5
 
 
+def test_checkerboard_flags_a_phase_shared_by_every_channel_that_each_channel_hides():
+    """1.5 benign sds in each of 16 independent channels, all on the same phase: the channel mean of
+    z moves 6 of its own sds, more than the channel mean of |z| does. Flagged at that step in 98% of
+    runs here; about 81% without the coherent part, or with one step normalisation for all parts (the
+    coherent part, whose benign values are smaller, is then drowned by the |z| part)."""
+    det = DETECTORS["checkerboard"]().fit(with_contrasts(300, 6, 16), SIGMAS)
+    det.calibrate(with_contrasts(1000, 7, 16), SIGMAS, fpr=0.02)
+    clean, bad = with_contrasts(400, 8, 16), with_contrasts(400, 8, 16)
+    bad.phase_contrast[:, 5, :, 0] += 0.015
+    assert sum(r.flagged for r in det.predict(clean, SIGMAS)) <= 0.04 * 400
+    assert sum(r.first_step == 5 for r in det.predict(bad, SIGMAS)) >= 0.95 * 400
+
+
 def test_grain_flags_either_part_alone():
     fit, cal, test = benign(300, 3), benign(1000, 4), benign(400, 5)
     det = DETECTORS["grain"]().fit(fit, SIGMAS)
@@ -39,4 +53,14 @@ def test_grain_flags_either_part_alone():
     for field in ("hf_flatness", "change_flatness"):
         bad = dataclasses.replace(test, **{field: getattr(test, field).clone()})
         getattr(bad, field)[:, 5] *= 1.5
+        assert sum(r.first_step == 5 for r in det.predict(bad, SIGMAS)) >= 0.95 * 400, field
+
+
+def test_tail_flags_either_part_alone():
+    fit, cal, test = benign(300, 9), benign(1000, 10), benign(400, 11)
+    det = DETECTORS["tail"]().fit(fit, SIGMAS)
+    det.calibrate(cal, SIGMAS, fpr=0.02)
+    for field in ("crest", "change_crest"):
+        bad = dataclasses.replace(test, **{field: getattr(test, field).clone()})
+        getattr(bad, field)[:, 5, 1] *= 1.5  # one channel is enough
         assert sum(r.first_step == 5 for r in det.predict(bad, SIGMAS)) >= 0.95 * 400, field

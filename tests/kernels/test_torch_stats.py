@@ -151,8 +151,12 @@ def test_warm_up_compiles_every_padded_size_a_deployment_can_need_once(monkeypat
     assert warmed[0] == "cpu float32 16x16" and warmed[-1] == "cpu float32 128x64"
 
 
+#: the fields `previous` sets, and the field of x each equals without one
+CHANGE_FIELDS = {"change_flatness": "hf_flatness", "change_crest": "crest"}
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_previous_sets_change_flatness_and_leaves_the_rest(backend):
+def test_previous_sets_the_change_fields_and_leaves_the_rest(backend):
     if backend == "triton":
         pytest.importorskip("triton")  # run in its interpreter (conftest)
     g = torch.Generator().manual_seed(3)
@@ -161,11 +165,13 @@ def test_previous_sets_change_flatness_and_leaves_the_rest(backend):
     got = trajectory_stats(x, backend=backend, previous=previous)
     alone = trajectory_stats(x, backend=backend)
     want = trajectory_stats_oracle(x.double(), previous=previous.double())
-    torch.testing.assert_close(got.change_flatness.double(), want.change_flatness, rtol=1e-4, atol=1e-4)
+    for name in CHANGE_FIELDS:
+        torch.testing.assert_close(getattr(got, name).double(), getattr(want, name), rtol=1e-4, atol=1e-4)
     for name, value in alone.as_dict().items():  # the other fields: those of x alone
-        if name != "change_flatness":
+        if name not in CHANGE_FIELDS:
             torch.testing.assert_close(getattr(got, name), value, rtol=1e-6, atol=1e-6, msg=name)
-    torch.testing.assert_close(alone.change_flatness, alone.hf_flatness)  # previous = 0
+    for name, of_x in CHANGE_FIELDS.items():  # previous = 0
+        torch.testing.assert_close(getattr(alone, name), getattr(alone, of_x))
 
 
 def test_change_flatness_sees_fresh_noise_that_content_hides():
@@ -177,6 +183,20 @@ def test_change_flatness_sees_fresh_noise_that_content_hides():
     clean, grain = trajectory_stats(step, previous=content), trajectory_stats(noisy, previous=content)
     assert (grain.change_flatness > 2 * clean.change_flatness).all()
     assert (grain.hf_flatness < 2 * clean.hf_flatness).all()  # x itself barely shows it
+
+
+def test_change_crest_sees_a_jump_that_the_scene_hides():
+    """A small bright object on a flat background has a high crest of its own; a value that jumps
+    by less than that between two steps is invisible in x's crest and stands out in the change's."""
+    g = torch.Generator().manual_seed(5)
+    scene = 0.05 * torch.randn(1, 4, 32, 32, generator=g)
+    scene[..., 10:12, 20:22] += 3.0  # the object: crest about 20
+    step = scene + 0.01 * torch.randn(1, 4, 32, 32, generator=g)  # a small change everywhere
+    jumped = step.clone()
+    jumped[..., 3, 5] += 1.0  # one value per plane, a third of the object's height
+    clean, spike = trajectory_stats(step, previous=scene), trajectory_stats(jumped, previous=scene)
+    assert (spike.crest < 1.01 * clean.crest).all()
+    assert (spike.change_crest > 3 * clean.change_crest).all()
 
 
 def test_previous_must_match_and_be_a_float_tensor():

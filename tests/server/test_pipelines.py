@@ -88,11 +88,11 @@ def test_drills_are_flagged_by_their_detector_at_the_injection_step(
         assert found.flagged and found.first_step in (4, 5), found
 
 
-# Known late: on tiny-sd3 the grain detector's threshold is set by the benign tail of its
-# step-change part, and saturated flatness (white noise is as flat as it gets) stays under it until
-# the last step; the request is flagged at step 4 by spectral_shape and the classifier (README,
-# Evaluation, "Reading it").
-LATE = {("tiny-sd3", "grain")}
+# Known late: the crest factor of an H x W plane cannot exceed sqrt(HW - 1) (32 at tiny-flux's
+# 32 x 32 latents), and one value of 33 std already sits there, in x0_hat and in its change alike;
+# tiny-flux's tail threshold is just above that ceiling, so `tail` flags spike 1.0 only at step 10
+# there; the request is flagged at step 4 by other detectors (README, Evaluation, "Reading it").
+LATE = {("tiny-flux", "tail")}
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
