@@ -15,7 +15,7 @@ Two part scores per pattern, each with its own step normalisation, the worst of 
                 channels share). Benign contrasts differ in sign from channel to channel and cancel
                 in the mean, so this part sees a shared pattern with far less benign spread; on
                 tiny-sd3-int4, whose quantised weights leave per-channel contrasts of their own, the
-                incoherent part alone flags checkerboard 0.1 late (evaluation/results.md)
+                incoherent part alone flags checkerboard 0.1 late (evaluation/onset-separability.md)
 
 Either sign is risky (the pattern may sit on either phase). One envelope per pattern matters: the
 row and column patterns carry the model's own 2 x 2 patch structure, which varies a lot from prompt

@@ -9,7 +9,7 @@ counting:
     change_crest  of x0_hat minus the previous step's: a value that jumps at one step. A small
                   bright object on a flat background gives x0_hat a crest of 10-20 std of its own,
                   so a stuck activation of that size hides in x0_hat's crest; the object forms
-                  gradually over the steps, the stuck value appears at once (evaluation/results.md)
+                  gradually over the steps, the stuck value appears at once (evaluation/onset-separability.md)
 
 Higher is riskier.
 """
