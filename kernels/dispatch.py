@@ -94,7 +94,7 @@ def trajectory_stats(
     `previous` (same shape; the previous step's estimate) sets `change_flatness` and `change_crest`,
     the high-band flatness and the crest of latents - previous: on the Triton path the batch is
     doubled to [latents, latents - previous] (float32) and goes through the same single launch; the
-    torch path adds only the difference's spectrum, mean, max and min. Without it, previous is 0 and the
+    torch path adds only the difference's spectrum and crest. Without it, previous is 0 and the
     fields are hf_flatness and crest.
     """
     check_shape(tuple(latents.shape))

@@ -159,7 +159,7 @@ def _flatness(
 def change_stats_torch(x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, C] hf_flatness, [B, C] crest) of x - previous, non-finite differences read as 0: only
     what `trajectory_stats(x, previous=...)` adds for the difference (one more rfft2, a log, band
-    sums, its mean, max and min)."""
+    sums, the crest of the centred difference)."""
     b, c, h, w = x.shape
     n, wr = b * c, w // 2 + 1
     d = torch.nan_to_num(x.float() - previous.float(), nan=0.0, posinf=0.0, neginf=0.0).reshape(n, h, w)
@@ -172,10 +172,13 @@ def change_stats_torch(x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.T
     var = sums[:, 0] / (h * w) ** 2  # Parseval
     eps = EPS_REL * sums[:, 0].clamp_min(EPS_ABS) / (h * w) + EPS_ABS
     hf_log = flat.add_(eps[:, None]).log_() @ bands[1]
-    mean = d.mean(dim=(-2, -1))
-    peak = torch.maximum(d.amax(dim=(-2, -1)) - mean, mean - d.amin(dim=(-2, -1)))
-    crest = peak / (var + EPS_ABS).sqrt()
+    crest = _crest(d - d.mean(dim=(-2, -1), keepdim=True), var)
     return _flatness(hf_log, sums[:, 1], eps, hf_count).reshape(b, c), crest.reshape(b, c)
+
+
+def _crest(xc: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """max |Xc| / std of centred planes [n, H, W] with variances [n]."""
+    return torch.linalg.vector_norm(xc, math.inf, dim=(-2, -1)) / (var + EPS_ABS).sqrt()
 
 
 def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,5 +201,4 @@ def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     contrast = (phases @ patterns.t()) / phases.sum(dim=1, keepdim=True).clamp_min(EPS_ABS)
     var = sq.mean(dim=(-2, -1))
     fourth = torch.linalg.vector_norm(sq, 2, dim=(-2, -1)).square() / (h * w)
-    crest = torch.linalg.vector_norm(xc, math.inf, dim=(-2, -1)) / (var + EPS_ABS).sqrt()
-    return contrast, crest, fourth / (var.square() + EPS_ABS)
+    return contrast, _crest(xc, var), fourth / (var.square() + EPS_ABS)
