@@ -93,6 +93,22 @@ PSNR_PAIRS = 16
 HERE = Path(__file__).parent
 
 
+class RunCount:
+    """A deployment's pipeline runs done, on stderr: a line per 5% with the elapsed time and a linear
+    estimate of the rest (plain lines, readable in a log, where a progress bar does not draw)."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done, self.start = name, total, 0, time.time()
+
+    def __call__(self, runs: int) -> None:
+        before, self.done = self.done, self.done + runs
+        if 20 * self.done // self.total > 20 * before // self.total:
+            spent = time.time() - self.start
+            left = spent * (self.total - self.done) / self.done
+            done = f"{self.done}/{self.total} runs"
+            print(f"  {self.name}: {done}, {spent / 60:.0f} min, ~{left / 60:.0f} min left", file=sys.stderr)
+
+
 def margins(stats, sigmas, detectors):
     """[N] overall margin, per-detector [N] request scores, [N, S] any-flag per step."""
     scores = {n: torch.nan_to_num(d.trajectory_scores(stats, sigmas), nan=-1e9) for n, d in detectors.items()}
@@ -165,8 +181,11 @@ def evaluate(
     detectors = dep.detectors
     prompts = default_prompts("evaluation")
     pairs = [(prompts[i % len(prompts)], SEED_BASE + i) for i in range(max(runs, benign_runs))]
+    drilled_rows = [] if benign_only else drill_rows + ([] if address else attention_rows)
+    drilled = runs * sum(len(strengths) for *_, strengths in drilled_rows)
+    counted = RunCount(name, benign_runs + drilled)
     t0 = time.time()
-    benign = source.collect(pairs[:benign_runs])
+    benign = source.collect(pairs[:benign_runs], progress=counted)
     b_margin, b_det, _ = margins(benign.stats, benign.sigmas, detectors)
     flagged = int((b_margin > 0).sum())
     summary = {
@@ -231,7 +250,7 @@ def evaluate(
     for kind, mode, strengths in drill_rows:
         for strength in strengths:
             drills = [Drill(kind, step=s, strength=strength, mode=mode) for s in INJECT_STEPS]  # type: ignore[arg-type]
-            got = source.collect(pairs[:runs], drill=drills)
+            got = source.collect(pairs[:runs], drill=drills, progress=counted)
             rows.append(
                 row(kind, mode, strength, got, list(INJECT_STEPS), image_psnr(dep, drills[0], prompts))
             )
@@ -242,7 +261,7 @@ def evaluate(
         for strength in strengths:
             fault = lambda k=kind, s=strength: attention_fault(dep, k, s)  # noqa: E731
             with fault():
-                got = source.collect(pairs[:runs])
+                got = source.collect(pairs[:runs], progress=counted)
             rows.append(row(kind, "attention", strength, got, [0], image_psnr(dep, None, prompts, fault)))
     return summary, rows
 
