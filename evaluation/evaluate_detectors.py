@@ -177,11 +177,14 @@ def evaluate(
     dep = load_deployment(Settings().deployment(name))
     assert dep.profile is not None, f"{name} has no shipped profile"
     address, workers = ray
+    if address and attention_rows and not benign_only:  # they hook this process's model
+        print("  attention faults skipped: they need the local collector", file=sys.stderr)
+        attention_rows = []
     source = RayCollector(Settings(), name, workers, batch) if address else LocalCollector(dep, batch)
     detectors = dep.detectors
     prompts = default_prompts("evaluation")
     pairs = [(prompts[i % len(prompts)], SEED_BASE + i) for i in range(max(runs, benign_runs))]
-    drilled_rows = [] if benign_only else drill_rows + ([] if address else attention_rows)
+    drilled_rows = [] if benign_only else drill_rows + attention_rows
     drilled = runs * sum(len(strengths) for *_, strengths in drilled_rows)
     counted = RunCount(name, benign_runs + drilled)
     t0 = time.time()
@@ -249,14 +252,11 @@ def evaluate(
     rows = []
     for kind, mode, strengths in drill_rows:
         for strength in strengths:
-            drills = [Drill(kind, step=s, strength=strength, mode=mode) for s in INJECT_STEPS]  # type: ignore[arg-type]
+            drills = [Drill(kind, step=s, strength=strength, mode=mode) for s in INJECT_STEPS]
             got = source.collect(pairs[:runs], drill=drills, progress=counted)
             rows.append(
                 row(kind, mode, strength, got, list(INJECT_STEPS), image_psnr(dep, drills[0], prompts))
             )
-    if address:  # the faults hook this process's model; Ray workers load their own
-        print("  attention faults skipped: they need the local collector", file=sys.stderr)
-        return summary, rows
     for kind, strengths in attention_rows:
         for strength in strengths:
             fault = lambda k=kind, s=strength: attention_fault(dep, k, s)  # noqa: E731

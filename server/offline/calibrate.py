@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 from latentguard.detectors import CalibrationProfile, Detector, calibrate_detectors
+from latentguard.detectors.base import TAIL_QUANTILE
 from latentguard.detectors.calibration import DEFAULT_CONFIDENCE
 from latentguard.detectors.classifier import Classifier
 from latentguard.server.offline import classifier as classifier_training
@@ -85,6 +86,7 @@ def calibrate_deployment(
             "prompts": len(fit_prompts) + len(cal_prompts),
             "seeds_per_prompt": seeds_per_prompt,
             "attention": probe_settings(cfg),
+            "step_normalisation": f"mean, scale at the {TAIL_QUANTILE:g} quantile",
         },
     )
     profile.save(out)

@@ -90,8 +90,9 @@ def test_drills_are_flagged_by_their_detector_at_the_injection_step(
 
 # Known late: the crest factor of an H x W plane cannot exceed sqrt(HW - 1) (32 at tiny-flux's
 # 32 x 32 latents), and one value of 33 std already sits there, in x0_hat and in its change alike;
-# tiny-flux's tail threshold is just above that ceiling, so `tail` flags spike 1.0 only at step 10
-# there; the request is flagged at step 4 by other detectors (README, Evaluation, "Reading it").
+# tiny-flux's tail threshold is near that ceiling, so `tail` flags spike 1.0 only at step 7 there
+# (step 10 before the tail-matched step normalisation); the request is flagged at step 4 by other
+# detectors (README, Evaluation, "Reading it").
 LATE = {("tiny-flux", "tail")}
 
 
