@@ -14,6 +14,7 @@ from latentguard.detectors.non_finite import NonFinite
 from latentguard.detectors.over_smoothing import OverSmoothing
 from latentguard.detectors.spectral_residual import SpectralResidual
 from latentguard.detectors.spectral_shape import SpectralShape
+from latentguard.detectors.stuck_value import StuckValue
 from latentguard.detectors.tail import Tail
 
 DETECTORS: dict[str, type[Detector]] = {
@@ -27,6 +28,7 @@ DETECTORS: dict[str, type[Detector]] = {
         Grain,
         SpectralShape,
         Tail,
+        StuckValue,
         AttentionEntropy,
         AttentionRank,
     )

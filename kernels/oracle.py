@@ -56,6 +56,24 @@ def _crest(x: torch.Tensor) -> torch.Tensor:
     return centred.abs().max() / (centred.square().mean() + EPS_ABS).sqrt()
 
 
+def isolation_map(x: torch.Tensor) -> torch.Tensor:
+    """|D - mean D| / std D for a plane whose non-finite values read as 0, D = x - the mean of its
+    8 neighbours, the plane's edges replicated outwards."""
+    h, w = x.shape
+    x = _finite(x)
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    neighbours = sum(
+        x[(rows + dy).clamp(0, h - 1)][:, (cols + dx).clamp(0, w - 1)]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if (dy, dx) != (0, 0)
+    )
+    d = x - neighbours / 8
+    centred = d - d.mean()
+    return centred.abs() / (centred.square().mean() + EPS_ABS).sqrt()
+
+
 def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
     h, w = x.shape
     change = x - previous  # non-finite differences read as 0, as in x itself
@@ -83,6 +101,7 @@ def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
         [sq[a::2, b::2].mean() if sq[a::2, b::2].numel() else zero for a in (0, 1) for b in (0, 1)]
     )
     contrasts = torch.tensor(PARITY_PATTERNS, dtype=x.dtype) @ phases
+    isolation = isolation_map(x).flatten()
     return [
         mean,
         var,
@@ -97,6 +116,8 @@ def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
         _crest(x),
         _crest(change),
         sq.square().mean() / (var.square() + EPS_ABS),
+        isolation.max(),
+        isolation.argmax().to(x.dtype),
     ]
 
 

@@ -82,6 +82,11 @@ class TrajectoryStats:
                      two steps stands out in the change even where the scene's own extremes (a small
                      bright object on a flat background) hide it in x
     kurtosis         mean (x - mean)^4 / var^2 (3 for Gaussian values)
+    isolation        max |D - mean D| / std D, D = x - the mean of its 8 neighbours (edges replicated):
+                     how far one value stands from the values around it. Image content is smooth in
+                     the latent (a small object spans several values); a stuck activation is alone
+    isolation_at     the flat index i * W + j of that value (float): a stuck token is at the same
+                     place in every channel, a scene's most isolated value mostly is not
 
     Not from the tensor but from the denoiser's attention at the same step, when the deployment runs
     the attention probes (None otherwise), [B, L] for L probed blocks (attention.py):
@@ -102,6 +107,8 @@ class TrajectoryStats:
     crest: torch.Tensor
     change_crest: torch.Tensor
     kurtosis: torch.Tensor
+    isolation: torch.Tensor
+    isolation_at: torch.Tensor
     attn_entropy: torch.Tensor | None = None
     attn_rank: torch.Tensor | None = None
 

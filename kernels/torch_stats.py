@@ -15,6 +15,8 @@ For x of shape [B, C, H, W] (any float dtype, or a PackedInt4; upcast to fp32 on
     flat   = exp(mean of log(P + eps) over r >= HF_CUTOFF) / (mean P there + eps)  (one more matvec)
     spatial: Xc = x - m; the 2 x 2 polyphase means of Xc^2 (one strided reduction when H and W are
     even), crest = max |Xc| / std and kurtosis = mean Xc^4 / var^2 by vector norms: three passes
+    isolation: D = (9 x - box3x3(x)) / 8 with the edges replicated (one pad, two separable sums),
+    max |D - mean D| / std D and its flat index
 
 The 3x3 neighbourhood of a half-spectrum column 0 or W//2 reaches into the other half; by conjugate
 symmetry |F[k, -j]| = |F[-k, j]|, so those columns are the neighbours mirrored in k. One gather
@@ -30,6 +32,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from latentguard.kernels.packing import PackedInt4, unpack_int4
 from latentguard.kernels.stats import (
@@ -130,6 +133,7 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
 
     hf_flatness = _flatness(hf_log, sums[:, 1], eps, hf_count)
     phase_contrast, crest, kurtosis = _spatial_stats(xf - mean[:, None, None])
+    isolation, isolation_at = _isolation(xf)
     return TrajectoryStats(
         mean=mean.reshape(b, c),
         var=var.reshape(b, c),
@@ -144,6 +148,8 @@ def trajectory_stats_torch(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         crest=crest.reshape(b, c),
         change_crest=crest.reshape(b, c),  # previous = 0 (dispatch sets it otherwise)
         kurtosis=kurtosis.reshape(b, c),
+        isolation=isolation.reshape(b, c),
+        isolation_at=isolation_at.reshape(b, c),
     )
 
 
@@ -179,6 +185,20 @@ def change_stats_torch(x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.T
 def _crest(xc: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """max |Xc| / std of centred planes [n, H, W] with variances [n]."""
     return torch.linalg.vector_norm(xc, math.inf, dim=(-2, -1)) / (var + EPS_ABS).sqrt()
+
+
+def _isolation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max |D - mean D| / std D, its flat index as float) of planes [n, H, W], D = x minus the
+    mean of its 8 neighbours, edges replicated."""
+    ext = F.pad(x.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
+    rows = ext[:, :-2] + ext[:, 1:-1]
+    rows += ext[:, 2:]
+    box = rows[..., :-2] + rows[..., 1:-1]
+    box += rows[..., 2:]
+    d = box.mul_(-1 / 8).add_(x, alpha=9 / 8)  # x - (box - x) / 8
+    d = d.sub_(d.mean(dim=(-2, -1), keepdim=True)).flatten(1)
+    peak, at = d.abs().max(dim=-1)
+    return peak / (d.square().mean(dim=-1) + EPS_ABS).sqrt(), at.float()
 
 
 def _spatial_stats(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,6 +13,8 @@ Math (per plane X of H x W, padded to BH x BW = next powers of two >= 16, masked
     contrast_s = sum s_ab m_ab / sum m_ab for each of the three parity patterns s (3 outputs,
                  from sums pass 2 already makes: no extra pass or traffic)
     crest = max |Xc| / std;  kurtosis = mean Xc^4 / var^2
+    D  = (9 Xc - box3x3(Xc)) / 8 with the plane's edges replicated (each value minus the mean of its
+         8 neighbours);  isolation = max |D - mean D| / std D, isolation_at = its flat index i W + j
 The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual). `change_flatness` and
 `change_crest` are not terms of their own: with a previous estimate, dispatch.py launches this
 kernel once on the doubled batch [x, x - previous] and reads the second half's flatness and crest
@@ -23,8 +25,9 @@ shared memory on sm_90, where a block may have 227 KB; 131 KB on sm_89, which al
 program walks its plane in blocks of ROW_BLOCK rows, six passes separated by barriers, with three
 BH x BW fp32 planes of scratch per program (Xc, later P, later L | A | B; 192 KB per 128^2 plane,
 L2-resident): (1) mean and non-finite count; (2) Xc to scratch and the spatial statistics;
-(3) A, B = Xc C_W, Xc S_W; (4) Re, Im, P and its band sums; (5) L and the flatness; (6) the box
-filter and the residual's running argmax. Every tl.dot is ROW_BLOCK x ROW_BLOCK by ROW_BLOCK x BW,
+(3) the isolation from nine clamped reads of Xc per value, then A, B = Xc C_W, Xc S_W; (4) Re,
+Im, P and its band sums; (5) L and the flatness; (6) the box filter and the residual's running
+argmax. Every tl.dot is ROW_BLOCK x ROW_BLOCK by ROW_BLOCK x BW,
 so shared memory no longer grows with the plane: `python -m latentguard.kernels.aot` compiles the
 kernel for sm_80/86/89/90 here and checks shared memory, registers and spills (README's table).
 
@@ -39,7 +42,8 @@ Cost per call for SD3/FLUX latents (16 channels, 128 x 128, batch B; n = 128):
     flops  = 16 planes * B * 6 products * 2 n^3 = B * 0.40 GFLOP (the box filter is 9 adds now)
     bytes  = B * 16 * n^2 * itemsize read once per pass 1-2 (0.5 MB per batch item in bf16), 4 twiddle
              tiles of n^2 fp32 (256 KB, L2), and per plane ~1.3 MB of scratch traffic (A and B are
-             re-read once per row block of pass 4): L2 traffic, ~20 MB per batch item
+             re-read once per row block of pass 4) plus 0.6 MB for the isolation's nine reads of Xc
+             (pass 3; ~10 adds per value, no products): L2 traffic, ~30 MB per batch item
 On an H100 SXM (~495 dense TF32 TFLOPS, so ~165 for tf32x3; L2 ~10 TB/s): batch 1 is bound by
 launch latency and the 16 programs' serial passes (16 of 132 SMs busy); batch 8 ~2-5 us of
 compute and L2 traffic. These floors are estimates: no GPU has run this kernel yet (see README).
@@ -71,9 +75,11 @@ from latentguard.kernels.stats import (
     padded_side,
 )
 
-# mean, var, hf, sr_peak, sr_freq, nonfinite, hf_flatness, crest, kurtosis, phase_contrast[3], profile[BINS]
-_SCALARS = 12
+# mean, var, hf, sr_peak, sr_freq, nonfinite, hf_flatness, crest, kurtosis, phase_contrast[3],
+# isolation, isolation_at, profile[BINS]
 _CONTRAST = 9
+_ISOLATION = 12
+_SCALARS = 14
 _OUT = _SCALARS + RADIAL_BINS
 _FP8_KIND = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -151,6 +157,7 @@ def _trajectory_stats_kernel(
     HF_DEN: tl.constexpr,
     SCALARS: tl.constexpr,
     CONTRAST: tl.constexpr,
+    ISOLATION: tl.constexpr,
     BINS: tl.constexpr,
     EPS_REL: tl.constexpr,
     EPS_ABS: tl.constexpr,
@@ -211,6 +218,41 @@ def _trajectory_stats_kernel(
     tl.store(base + 7, abs_max / tl.sqrt(var_s + EPS_ABS))
     tl.store(base + 8, (quartic / count) / (var_s * var_s + EPS_ABS))
     tl.debug_barrier()
+
+    # pass 3: isolation D = (9 Xc - box3x3(Xc)) / 8, edges replicated (nine clamped reads of Xc):
+    # its sums and its extremes with where they sit; then max |D - mean D| / std D
+    d_sum = tl.zeros([], tl.float32)
+    d_sq = tl.zeros([], tl.float32)
+    d_max = tl.full([], float("-inf"), tl.float32)
+    d_min = tl.full([], float("inf"), tl.float32)
+    max_at = tl.zeros([], tl.int32)
+    min_at = tl.zeros([], tl.int32)
+    for r0 in range(0, BH, BR):
+        rows = r0 + r
+        valid = (rows < H) & (cols < W)
+        box = tl.zeros([BR, BW], tl.float32)
+        for dy in tl.static_range(3):
+            for dx in tl.static_range(3):
+                ry = tl.minimum(tl.maximum(rows + dy - 1, 0), H - 1)
+                cx = tl.minimum(tl.maximum(cols + dx - 1, 0), W - 1)
+                box += tl.load(xc_ptr + ry * BW + cx, mask=valid, other=0.0)
+        d = tl.where(valid, (9.0 * tl.load(xc_ptr + rows * BW + cols) - box) / 8.0, 0.0)
+        d_sum += tl.sum(d)
+        d_sq += tl.sum(d * d)
+        flat_hi = tl.reshape(tl.where(valid, d, float("-inf")), [BR * BW])
+        flat_lo = tl.reshape(tl.where(valid, d, float("inf")), [BR * BW])
+        block_max = tl.max(flat_hi, axis=0)
+        block_min = tl.min(flat_lo, axis=0)
+        max_at = tl.where(block_max > d_max, tl.argmax(flat_hi, axis=0) + r0 * BW, max_at)
+        min_at = tl.where(block_min < d_min, tl.argmin(flat_lo, axis=0) + r0 * BW, min_at)
+        d_max = tl.maximum(d_max, block_max)
+        d_min = tl.minimum(d_min, block_min)
+    d_mean = d_sum / count
+    d_std = tl.sqrt(tl.maximum(d_sq / count - d_mean * d_mean, 0.0) + EPS_ABS)
+    upper = d_max - d_mean >= d_mean - d_min
+    at = tl.where(upper, max_at, min_at)  # padded index r * BW + c
+    tl.store(base + ISOLATION, tl.where(upper, d_max - d_mean, d_mean - d_min) / d_std)
+    tl.store(base + ISOLATION + 1, ((at // BW) * W + at % BW).to(tl.float32))
 
     # pass 3, first half of the DFT: A = Xc C_W, B = Xc S_W, BR rows at a time, to scratch
     for r0 in range(0, BH, BR):
@@ -350,6 +392,7 @@ def launch_constants(h: int, w: int, dtype: torch.dtype | None, group: int = 2) 
         HF_DEN=round(1 / HF_CUTOFF),
         SCALARS=_SCALARS,
         CONTRAST=_CONTRAST,
+        ISOLATION=_ISOLATION,
         BINS=RADIAL_BINS,
         EPS_REL=EPS_REL,
         EPS_ABS=EPS_ABS,
@@ -397,4 +440,6 @@ def trajectory_stats_triton(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         crest=out[..., 7],
         change_crest=out[..., 7],  # previous = 0 (dispatch sets it otherwise)
         kurtosis=out[..., 8],
+        isolation=out[..., _ISOLATION],
+        isolation_at=out[..., _ISOLATION + 1],
     )

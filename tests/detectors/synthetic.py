@@ -1,9 +1,9 @@
 """Synthetic benign trajectory batches: stats fields [N, S, C] with a per-step drift, no pipeline.
 
 Most detectors here read one shared factor per run and step (as the spectral detectors of a real
-model read one spectrum), so their flags are strongly correlated; tail and spectral_shape read
-independent noise. A union-rate calibration that ignores the correlation (fpr / k each) or assumes
-none (fpr each) misses the target on this data.
+model read one spectrum), so their flags are strongly correlated; tail, spectral_shape and
+stuck_value read independent noise. A union-rate calibration that ignores the correlation (fpr / k
+each) or assumes none (fpr each) misses the target on this data.
 """
 
 import torch
@@ -45,6 +45,8 @@ def benign(n: int, seed: int, channels: int = 4, attention: bool = True) -> Traj
         attn_rank=torch.exp(-2.5 + 0.05 * torch.randn(n, STEPS, BLOCKS, generator=g)) if attention else None,
         change_flatness=torch.exp(-0.8 - drift + correlated(0.05)),  # last: the draws above as before
         change_crest=torch.exp(1.5 + noise(0.05)),
+        isolation=torch.exp(1.8 + noise(0.1)),
+        isolation_at=torch.randint(0, 64 * 64, shape, generator=g).double(),  # each channel its own place
     )
 
 
@@ -67,6 +69,8 @@ def perturb(stats: TrajectoryStats, name: str, step: int) -> TrajectoryStats:
         d["radial_profile"][:, step, :, -1] *= 4.0
     elif name == "tail":
         d["crest"][:, step, 0] *= 4.0
+    elif name == "stuck_value":  # one place in every channel
+        d["isolation_at"][:, step] = d["isolation_at"][:, step, :1]
     elif name == "attention_entropy":
         d["attn_entropy"][:, step, 1] *= 0.8
     elif name == "attention_rank":

@@ -38,6 +38,7 @@ def test_name_is_the_contract_name(name):
         "grain",
         "spectral_shape",
         "tail",
+        "stuck_value",
         "attention_entropy",
         "attention_rank",
     }

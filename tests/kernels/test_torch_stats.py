@@ -199,6 +199,27 @@ def test_change_crest_sees_a_jump_that_the_scene_hides():
     assert (spike.change_crest > 3 * clean.change_crest).all()
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_isolation_finds_a_stuck_value_that_the_scene_hides(backend):
+    """A small bright object in two of four channels is the scene's extreme (crest) but smooth, as
+    content is in a latent; a stuck value of half its height is alone among its neighbours: the most
+    isolated value of every channel, at the same place. In the clean scene the channels' most
+    isolated values sit in different places."""
+    if backend == "triton":
+        pytest.importorskip("triton")  # run in its interpreter (conftest)
+    g = torch.Generator().manual_seed(6)
+    scene = 0.05 * torch.randn(1, 4, 32, 32, generator=g)
+    i, j = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    scene[:, :2] += 3.0 * torch.exp(-((i - 10) ** 2 + (j - 20) ** 2) / (2 * 1.5**2))  # the object
+    stuck = scene.clone()
+    stuck[..., 3, 5] += 1.5
+    clean, bad = trajectory_stats(scene, backend=backend), trajectory_stats(stuck, backend=backend)
+    assert (bad.crest[:, :2] < 1.01 * clean.crest[:, :2]).all()  # the object stays the extreme
+    assert bad.isolation_at.tolist() == [[3 * 32 + 5] * 4]
+    assert (bad.isolation > 1.2 * clean.isolation).all()
+    assert len(set(clean.isolation_at.flatten().tolist())) >= 3
+
+
 def test_previous_must_match_and_be_a_float_tensor():
     x = torch.zeros(1, 2, 8, 8)
     with pytest.raises(ValueError, match="shape"):

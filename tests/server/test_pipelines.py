@@ -21,6 +21,10 @@ def run(dep, settings, **kw):
     return PipelineRunner(dep).generate(req)
 
 
+# the profiles calibrated since stuck_value exists (the others run without it; README, Evaluation)
+WITH_STUCK_VALUE = {"tiny-sd3", "tiny-sd3-fp8", "tiny-flux"}
+
+
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, settings):
     dep = deployments[name]
@@ -38,6 +42,7 @@ def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, setti
         "grain",
         "spectral_shape",
         "tail",
+        *(["stuck_value"] if name in WITH_STUCK_VALUE else []),
         "attention_entropy",
         "attention_rank",
         "onnx_classifier",
@@ -94,6 +99,14 @@ def test_drills_are_flagged_by_their_detector_at_the_injection_step(
 # (step 10 before the tail-matched step normalisation); the request is flagged at step 4 by other
 # detectors (README, Evaluation, "Reading it").
 LATE = {("tiny-flux", "tail")}
+
+
+def test_a_moderate_spike_is_flagged_by_stuck_value_at_its_onset(sd3, settings):
+    """spike 0.3 (one value of 12 std in every channel) from step 4: `tail` sees it late on tiny-sd3
+    (a scene's own extremes hide it); stuck_value sees the same place in every channel at once."""
+    rep = run(sd3, settings, seed=11, drill="spike:step=4,strength=0.3").report
+    found = {d.name: d for d in rep.detectors}["stuck_value"]
+    assert rep.verdict == "flag" and found.flagged and found.first_step == 4, found
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
