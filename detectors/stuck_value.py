@@ -24,13 +24,17 @@ from latentguard.detectors.base import Detector
 from latentguard.kernels import TrajectoryStats
 
 
+def agreement(isolation: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """[..., C] isolation and place -> [...]: the largest sum of log isolation over the channels
+    whose most isolated value sits at one pixel, / C."""
+    weight = torch.log(isolation.double().clamp_min(1.0))
+    same = (at.unsqueeze(-1) == at.unsqueeze(-2)).double()  # [..., C, C]: channels at one pixel
+    return (same * weight.unsqueeze(-2)).sum(dim=-1).amax(dim=-1) / at.shape[-1]
+
+
 class StuckValue(Detector):
     name = "stuck_value"
     direction = 1
 
     def feature(self, stats: TrajectoryStats) -> torch.Tensor:
-        weight = torch.log(stats.isolation.double().clamp_min(1.0))  # [..., C]
-        at = stats.isolation_at
-        same = (at.unsqueeze(-1) == at.unsqueeze(-2)).double()  # [..., C, C]: channels at one pixel
-        agreement = (same * weight.unsqueeze(-2)).sum(dim=-1).amax(dim=-1) / at.shape[-1]
-        return agreement.unsqueeze(-1)  # [..., 1]
+        return agreement(stats.isolation, stats.isolation_at).unsqueeze(-1)  # [..., 1]

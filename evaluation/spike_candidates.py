@@ -30,6 +30,7 @@ from scipy.stats import norm
 
 from latentguard.detectors import Drill
 from latentguard.detectors.base import TAIL_QUANTILE
+from latentguard.detectors.stuck_value import agreement
 from latentguard.server.config import Settings
 from latentguard.server.offline.calibrate import FIT_FRACTION, split_by_prompt
 from latentguard.server.offline.trajectories import default_prompts
@@ -64,12 +65,6 @@ def candidates(x: torch.Tensor) -> dict[str, torch.Tensor]:
     out["crest"] = a.flatten(2).amax(2)
     out["pos"] = a.flatten(2).argmax(2).double()
     return out
-
-
-def agreement(isolation: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """stuck_value's feature from [..., C] isolation and place."""
-    same = (at.unsqueeze(-1) == at.unsqueeze(-2)).double()
-    return (same * isolation.clamp_min(1.0).log().unsqueeze(-2)).sum(-1).amax(-1) / at.shape[-1]
 
 
 def collect(runner: PipelineRunner, runs: list[tuple[str, int]], drill: Drill | None = None) -> dict:
