@@ -115,8 +115,9 @@ def _load_nf4(config: DeploymentConfig, device: str) -> Pipeline:
 
 
 def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
-    """A pipeline of its own (scheduler, interrupt flag) over components shared with other variants
-    of the same model: the text encoders and VAE always, the transformer too for 16/32-bit variants."""
+    """A pipeline of its own (scheduler, tokenizers, interrupt flag) over components shared with other
+    variants of the same model: the text encoders and VAE always, the transformer too for 16/32-bit
+    variants."""
     if config.variant == "nf4":
         pipe = _load_nf4(config, device)
     else:
@@ -136,7 +137,12 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
         cls = FAMILIES[config.family].pipeline_class
         names = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
         shared = {k: getattr(base, k, None) for k in names}
-        pipe = cls(**{**shared, "transformer": transformer, "scheduler": copy.deepcopy(base.scheduler)})
+        # a fast tokenizer keeps its padding setting between calls (each call sets it, then encodes):
+        # two deployments' threads calling one tokenizer swap each other's padding, and a prompt comes
+        # out unpadded beside its padded negative. Tokenizers are small; each pipeline gets its own.
+        own = {k: copy.deepcopy(v) for k, v in shared.items() if k.startswith("tokenizer") and v is not None}
+        own |= {"transformer": transformer, "scheduler": copy.deepcopy(base.scheduler)}
+        pipe = cls(**{**shared, **own})
         apply_adapters(pipe, config.adapters, config.name)
     pipe.set_progress_bar_config(disable=True)
     return pipe

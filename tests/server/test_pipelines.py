@@ -1,5 +1,8 @@
 """SD3 and FLUX end to end from a text prompt, drills through the real pipelines, model loading."""
 
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -160,6 +163,39 @@ def test_local_diffusers_folder_loads_through_the_same_path(sd3, settings, tmp_p
         rtol=1e-3,
         atol=1e-3,
     )
+
+
+def test_deployments_of_one_model_tokenize_at_once_without_mixing_their_padding(deployments):
+    """Two deployments of one model run on two threads (one per deployment on a GPU; a CLI beside a
+    server): SD3 pads a prompt to max_length, then tokenizes it again unpadded to warn about truncation.
+    On a shared fast tokenizer one thread's setting reaches the other's call (CI saw a 36-token prompt
+    beside a 64-token negative). Threads switch every microsecond here, so a shared one mixes them
+    within a few hundred calls."""
+    a, b = deployments["tiny-sd3"].pipe, deployments["tiny-sd3-fp8"].pipe
+    lengths: set[int] = set()
+
+    def padded() -> None:
+        for _ in range(3000):
+            ids = a.tokenizer_3(
+                ["a green square"], padding="max_length", max_length=32, truncation=True, return_tensors="pt"
+            )
+            lengths.add(ids.input_ids.shape[1])
+
+    def longest() -> None:
+        for _ in range(3000):
+            b.tokenizer_3(["a blue star"], padding="longest", return_tensors="pt")
+
+    threads = [threading.Thread(target=padded), threading.Thread(target=longest)]
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert lengths == {32}
 
 
 def test_unloadable_models_fail_with_a_clear_error(tmp_path, monkeypatch):
