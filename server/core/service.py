@@ -358,14 +358,16 @@ class InspectCall:
         self, deployment: str, sigmas: list[float], step: int, latents: torch.Tensor
     ) -> StepVerdict | None:
         """The verdict for a step frame; None for the opening frame (step -1, the initial noise)."""
+        loop = asyncio.get_running_loop()
+        executor = self.service.inspect_executor  # torch runs there, pinned: never on the event loop
         if self.session is None:
             if step != -1:
                 raise InvalidArgument("the first Inspect frame must be the initial noise, with step = -1")
             dep = self.service.worker(deployment).dep
-            self.session = InspectSession(dep, sigmas, latents, self.service.settings.limits)
+            limits = self.service.settings.limits
+            self.session = await loop.run_in_executor(executor, InspectSession, dep, sigmas, latents, limits)
             return None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.service.inspect_executor, self.session.step, step, latents)
+        return await loop.run_in_executor(executor, self.session.step, step, latents)
 
     def finish(self) -> Report:
         if self.session is None:

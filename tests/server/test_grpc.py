@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -11,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from latentguard.detectors import DETECTORS
+from latentguard.server.core.sessions import InspectSession
 from latentguard.server.pipelines.runner import initial_noise
 from latentguard.server.rpc.client import InspectCallback, channel, tensor_frame
 from latentguard.v1 import guardrail_pb2 as pb
@@ -212,6 +214,30 @@ def test_inspect_aborts_the_external_pipeline_on_nan(server, deployments):
     assert cb.verdicts[-1].verdict == "abort" and "non_finite" in cb.verdicts[-1].flagged
     assert steps_seen == [0, 1, 2, 3, 4]  # interrupted: no step after the abort ran
     assert cb.report is not None and cb.report.verdict == "abort" and cb.report.aborted_at_step == 4
+
+
+def test_inspect_runs_its_torch_work_on_the_pinned_inspect_threads(stub, monkeypatch):
+    """Opening a session converts the initial latents to float32. On the event loop that gave the
+    loop's thread an OpenMP team of its own, and every later Generate of a `latentguard serve`
+    process ran 1.45x slower (bench_service.py's Inspect row; server/core/threads.py says why). The
+    opening frame and every step run on the pinned lg-inspect threads."""
+    threads: list[str] = []
+    real_init, real_step = InspectSession.__init__, InspectSession.step
+
+    def init(self, *args):
+        threads.append(threading.current_thread().name)
+        real_init(self, *args)
+
+    def step(self, *args):
+        threads.append(threading.current_thread().name)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(InspectSession, "__init__", init)
+    monkeypatch.setattr(InspectSession, "step", step)
+    x = torch.randn(1, 16, 32, 32, dtype=torch.bfloat16)
+    frames = [tensor_frame(x, -1, deployment="tiny-sd3", sigmas=[1.0, 0.5, 0.0]), tensor_frame(x, 0)]
+    assert len(list(stub.Inspect(iter(frames), timeout=30))) == 2  # a verdict, then the report
+    assert len(threads) == 2 and all(name.startswith("lg-inspect") for name in threads), threads
 
 
 def test_inspect_rejects_malformed_frames(stub):
