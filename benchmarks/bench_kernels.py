@@ -5,6 +5,7 @@
 CPU (always), per latent shape 1 x 16 x H x W:
     naive     per-channel op-by-op eager baseline (kernels/oracle.py in float32)
     fast      the torch path `backend="reference"` (what runs off-GPU)
+    isolation the part of it that computes `isolation` / `isolation_at` (round 6), alone
     rfft2     torch.fft.rfft2 of the same planes alone: the floor the fast path is measured against
 GPU (only when CUDA is present; runs unchanged there), per batch and input dtype, CUDA events:
     triton    the fused kernel, one launch
@@ -31,6 +32,7 @@ from run_record import append_row  # noqa: E402
 
 from latentguard.kernels import pack_int4, trajectory_stats  # noqa: E402
 from latentguard.kernels.oracle import trajectory_stats_oracle  # noqa: E402
+from latentguard.kernels.torch_stats import _isolation  # noqa: E402
 
 HERE = Path(__file__).parent
 SIZES = [64, 128]
@@ -60,6 +62,7 @@ def bench_cpu(quick: bool) -> dict[str, float]:
         previous = 0.9 * x  # as the monitor calls it: with the previous step's x0_hat
         served = cpu_ms(lambda: trajectory_stats(x, backend="reference", previous=previous), repeats, 50)  # noqa: B023
         floor = cpu_ms(lambda: torch.fft.rfft2(planes), repeats, 50)  # noqa: B023
+        isolation = cpu_ms(lambda: _isolation(planes), repeats, 50)  # noqa: B023
         key = f"cpu_16x{n}x{n}"
         results |= {
             f"{key}_naive_ms": naive,
@@ -69,6 +72,7 @@ def bench_cpu(quick: bool) -> dict[str, float]:
             f"{key}_fast_over_rfft2": fast / floor,
             f"{key}_with_previous_ms": served,
             f"{key}_with_previous_over_fast": served / fast,
+            f"{key}_isolation_share": isolation / fast,
         }
     return results
 

@@ -1,6 +1,6 @@
 """Service benchmarks; every figure is a ratio or latency measured in this one run.
 
-    python benchmarks/bench_service.py [--quick]
+    python benchmarks/bench_service.py [--quick] [--only inspect,grpc,...]
 
 1. guarded vs bare pipeline, same seeds: a widened tiny-sd3 (more layers, wider heads) at 512 x 512,
    24 steps, so that a denoising step costs tens of milliseconds as a real one does relative to
@@ -425,6 +425,10 @@ def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
     }
 
 
+#: what `--only` chooses from, in the order they run
+SECTIONS = ("guard", "threads", "batching", "detectors", "grpc", "inspect")
+
+
 def main() -> None:
     global DEVICE
     parser = argparse.ArgumentParser(
@@ -437,19 +441,30 @@ def main() -> None:
     # step failed its two detectors and the probed arm timed the error path)
     parser.add_argument("--layers", type=int, default=4, help="widened tiny-sd3: transformer layers")
     parser.add_argument("--head-dim", type=int, default=32, help="widened tiny-sd3: head dim (4 heads)")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated [{','.join(SECTIONS)}]"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if unknown := only - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     DEVICE = args.device
     torch.set_num_threads(torch.get_num_threads())
     results: dict[str, float] = {}
     pairs = (4, 6) if args.quick else (10, args.max_pairs)
-    results.update(bench_guard_overhead(24, *pairs, layers=args.layers, head_dim=args.head_dim))
-    # before anything else computes on another thread: see its docstring
-    results.update(bench_second_compute_thread(repeats=3 if args.quick else 9))
-    for deployment in ("tiny-sd3", "tiny-flux"):
-        results.update(bench_batching(deployment, total=8, repeats=1 if args.quick else 3))
-    results.update(bench_detector_costs(repeats=50 if args.quick else 500))
-    results.update(bench_grpc_vs_inprocess(repeats=3 if args.quick else 10))
-    results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
+    if "guard" in only:
+        results.update(bench_guard_overhead(24, *pairs, layers=args.layers, head_dim=args.head_dim))
+    if "threads" in only:  # before anything else computes on another thread: see its docstring
+        results.update(bench_second_compute_thread(repeats=3 if args.quick else 9))
+    if "batching" in only:
+        for deployment in ("tiny-sd3", "tiny-flux"):
+            results.update(bench_batching(deployment, total=8, repeats=1 if args.quick else 3))
+    if "detectors" in only:
+        results.update(bench_detector_costs(repeats=50 if args.quick else 500))
+    if "grpc" in only:
+        results.update(bench_grpc_vs_inprocess(repeats=3 if args.quick else 10))
+    if "inspect" in only:
+        results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
     for k, v in results.items():
         print(f"{k:24s} {v:10.3f}")
     append_row(HERE / "results.csv", results, DEVICE)

@@ -43,8 +43,8 @@ from latentguard.detectors.registry import DETECTORS, detector_class
 from latentguard.kernels import TrajectoryStats
 
 log = logging.getLogger(__name__)
-#: detectors newer than some shipped profiles (README, Evaluation: tiny-sd3-int4's predates
-#: stuck_value): a profile without one runs without it, said in the log, instead of being refused
+#: detectors newer than the profile format: a profile calibrated before one existed (a user's, of
+#: their own model) runs without it, said in the log, instead of being refused
 ADDED_LATER = frozenset({"stuck_value"})
 
 #: v4: every part score has its own step normalisation (loc2, scale2 of shape [steps, parts]);

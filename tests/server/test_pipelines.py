@@ -24,10 +24,6 @@ def run(dep, settings, **kw):
     return PipelineRunner(dep).generate(req)
 
 
-# the profiles calibrated since stuck_value exists (the others run without it; README, Evaluation)
-WITH_STUCK_VALUE = {"tiny-sd3", "tiny-sd3-fp8", "tiny-flux"}
-
-
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, settings):
     dep = deployments[name]
@@ -45,7 +41,7 @@ def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, setti
         "grain",
         "spectral_shape",
         "tail",
-        *(["stuck_value"] if name in WITH_STUCK_VALUE else []),
+        "stuck_value",
         "attention_entropy",
         "attention_rank",
         "onnx_classifier",
