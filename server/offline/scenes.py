@@ -23,7 +23,9 @@ gray gradient".
 `classify_colours` is the measuring instrument for the built-in models' quality: each pixel gets a
 palette colour from its HSV value (black / white / gray by value and saturation, the rest by hue),
 the background colour is the most common one on the image border, the foreground colour the most
-common one among the remaining pixels.
+common one among the remaining pixels. `position_matches` measures layout, which colours alone do not:
+for a caption that places its one shape, whether the pixels of the shape's colour centre in the named
+ninth of the image.
 """
 
 from __future__ import annotations
@@ -316,3 +318,18 @@ def colours_match(scene: Scene, image: Image.Image) -> tuple[bool, bool]:
     """(background matches, foreground matches) for a generated image of `scene`."""
     bg, fg = classify_colours(image)
     return bg in scene.background_colours, fg == scene.colour
+
+
+def position_matches(scene: Scene, image: Image.Image) -> bool | None:
+    """For a caption that places its one shape (None for any other): is the centroid of the pixels in
+    the shape's colour in the third of the width and the third of the height that the position names?
+    Renders keep the centre within 0.04 of the position, so a correct picture always matches; colour
+    scattered over the whole image centres in the middle and matches "in the center" only."""
+    if not scene.position:
+        return None
+    ys, xs = np.nonzero(_classes(image) == COLOURS.index(scene.colour))
+    if xs.size == 0:
+        return False
+    h, w = image.height, image.width
+    px, py = POSITIONS[scene.position]
+    return int(3 * xs.mean() / w) == int(3 * px) and int(3 * ys.mean() / h) == int(3 * py)

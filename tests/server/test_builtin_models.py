@@ -3,11 +3,20 @@ from_pretrained, that draw what a prompt of the scene grammar asks for."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from latentguard.server.offline.scenes import classify_colours, parse, prompts, split_of
+from latentguard.server.offline.scenes import (
+    POSITIONS,
+    classify_colours,
+    parse,
+    position_matches,
+    prompts,
+    render,
+    split_of,
+)
 from latentguard.server.pipelines.deployments import builtin_folder
 from latentguard.server.pipelines.requests import GenerateRequest, resolve
 from latentguard.server.pipelines.runner import PipelineRunner
@@ -41,3 +50,15 @@ def test_prompts_come_out_in_their_colours(name, deployments, settings):
     # untrained weights hit about one in ten
     assert hits_bg >= 19, (name, hits_bg)
     assert hits_fg >= 7, (name, hits_fg)
+
+
+def test_the_position_instrument_passes_every_render_and_fails_one_moved_elsewhere():
+    placed = [parse(c) for c in prompts(400, "evaluation", seed=5) if parse(c).position][:60]
+    names = list(POSITIONS)
+    for i, scene in enumerate(placed):
+        assert position_matches(scene, render(scene, 256, seed=i)), scene.caption()
+        # the same shape drawn at the position four names on (always another column or row)
+        moved = dataclasses.replace(scene, position=names[(names.index(scene.position) + 4) % len(names)])
+        assert not position_matches(scene, render(moved, 256, seed=i)), moved.caption()
+    unplaced = parse("two red circles on a blue background")
+    assert position_matches(unplaced, render(unplaced)) is None
