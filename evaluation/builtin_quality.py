@@ -197,10 +197,10 @@ and evaluation (10%); the models saw train captions only ({plan["images"]} image
 ## Measured quality
 
 {table(results, names)}
-Loss curves: training.json. Limits: positions are not learned. Colour scattered over the whole
-image centres in the middle, which matches only the {center} of {placed} placed prompts "in the center"
-({center / placed:.1%}); the models score about that. Shapes and counts are not measured. Prompts
-outside the grammar tokenize and run, but the models have no notion of them.
+Loss curves: training.json. The position column's chance level: colour scattered over the whole
+image centres in the middle, which is right only for the {center} of {placed} placed prompts that say
+"in the center" ({center / placed:.1%}). Shapes and counts are not measured. Prompts outside the
+grammar tokenize and run, but the models have no notion of them.
 """
 
 
