@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from latentguard.server.config import Settings
-from latentguard.server.offline.scenes import colours_match, parse, position_matches, prompts, render
+from latentguard.server.offline.scenes import Scene, colours_match, parse, position_matches, prompts, render
 from latentguard.server.pipelines.deployments import builtin_folder, load_deployment
 from latentguard.server.pipelines.requests import GenerateRequest, resolve
 from latentguard.server.pipelines.runner import PipelineRunner
@@ -61,9 +61,8 @@ def request_seconds(dep, caption: str, repeats: int = 9) -> float:
     return statistics.median(times)
 
 
-def accuracy(captions: list[str], images: list[Image.Image]) -> dict[str, float]:
-    """Background and foreground colour over every caption, position over those that name one."""
-    scenes = [parse(c) for c in captions]
+def accuracy(scenes: list[Scene], images: list[Image.Image]) -> dict[str, float]:
+    """Background and foreground colour over every scene, position over those that place their shape."""
     hits = [colours_match(sc, im) for sc, im in zip(scenes, images, strict=True)]
     placed = [position_matches(sc, im) for sc, im in zip(scenes, images, strict=True) if sc.position]
     return {
@@ -95,18 +94,19 @@ def main() -> None:
     parser.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
     args = parser.parse_args()
     captions = prompts(args.prompts, "evaluation", seed=7)
-    truth = [render(parse(c), 256, seed=i) for i, c in enumerate(captions)]
+    scenes = [parse(c) for c in captions]
+    truth = [render(sc, 256, seed=i) for i, sc in enumerate(scenes)]
     results = {
         "prompts": len(captions),
-        "placed": sum(bool(parse(c).position) for c in captions),
-        "placed_in_center": sum(parse(c).position == "in the center" for c in captions),
-        "instrument": accuracy(captions, truth),
+        "placed": sum(bool(sc.position) for sc in scenes),
+        "placed_in_center": sum(sc.position == "in the center" for sc in scenes),
+        "instrument": accuracy(scenes, truth),
     }
     samples: dict[str, list[Image.Image]] = {}
     for name in args.deployments.split(","):
         dep = load_deployment(Settings().deployment(name), with_profile=False)
         images = generate_all(dep, captions)
-        results[name] = {**accuracy(captions, images), "request_seconds": request_seconds(dep, captions[0])}
+        results[name] = {**accuracy(scenes, images), "request_seconds": request_seconds(dep, captions[0])}
         samples[name] = images
         r = results[name]
         print(
