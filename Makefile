@@ -39,7 +39,7 @@ $(TRITON_STAMP): pyproject.toml
 
 ## demo: serve on loopback, send benign and drilled requests over gRPC, print verdicts and /metrics rates
 demo: $(STAMP)
-	$(BIN)/python -m latentguard.server.harness.demo
+	$(BIN)/python -P -m latentguard.server.harness.demo
 	mkdir -p out
 	$(BIN)/latentguard generate --local --deployment tiny-sd3 --prompt "a red circle on a blue background" \
 		--seed 7 --out out/circle.png --report out/report.json
@@ -51,7 +51,7 @@ promtool:
 		else echo "promtool missing: run 'sudo apt-get install prometheus'"; fi; }
 
 test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -P -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -76,11 +76,11 @@ profiles: $(STAMP)
 
 ## kernels-aot: compile the Triton kernel for sm_80/86/89/90 here (no GPU) and check each fits
 kernels-aot: $(STAMP)
-	$(BIN)/python -W ignore -m latentguard.kernels.aot
+	$(BIN)/python -P -W ignore -m latentguard.kernels.aot
 
 ## soak: the hostile-input tests at 10x the examples, printing their counts
 soak: $(STAMP) promtool
-	LATENTGUARD_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/server/test_hostile.py
+	LATENTGUARD_FUZZ_EXAMPLES=10000 $(BIN)/python -P -m pytest -q -s tests/server/test_hostile.py
 
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)

@@ -2,6 +2,7 @@
 cli -> harness -> offline -> rpc -> core -> pipelines, over the flat base modules."""
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,12 @@ def test_every_server_sub_package_is_documented_and_few_modules_stay_flat():
         assert ast.get_docstring(tree), f"server/{folder}/__init__.py has no docstring"
     flat = sorted(p.stem for p in (ROOT / "server").glob("*.py") if p.stem != "__init__")
     assert flat == sorted(("cli", *SERVER_BASE)), flat
+
+
+def test_the_repository_root_is_not_on_sys_path():
+    """kernels/ there would shadow Hugging Face's `kernels` package, which transformers >= 5.25 installs and
+    diffusers imports: pytest runs in importlib mode under `python -P`, and that is what keeps it off."""
+    spec = importlib.util.find_spec("kernels")
+    assert spec is None or spec.origin != str(ROOT / "kernels" / "__init__.py"), (
+        "the repository root is on sys.path"
+    )

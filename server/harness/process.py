@@ -27,6 +27,7 @@ class ServeProcess:
         self.target = f"127.0.0.1:{self.port}"
         cmd = [
             sys.executable,
+            "-P",  # not the working directory on sys.path: kernels/ there would shadow HF's `kernels`
             "-m",
             "latentguard.server.cli",
             "serve",

@@ -11,13 +11,18 @@ drills per batch). Ray is an optional extra: `pip install latentguard[ray]`.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import latentguard.kernels
 from latentguard.kernels import TrajectoryStats
 from latentguard.server.config import Settings
-from latentguard.server.offline.trajectories import Collected, Drills, LocalCollector, Progress, collect
+
+if TYPE_CHECKING:  # imported by the actors only once they have left the checkout (see _leave_checkout)
+    from latentguard.server.offline.trajectories import Collected, Drills, Progress
 
 log = logging.getLogger(__name__)
 SHARD_BATCHES = 4  # batches per shard: small enough for an even spread and a smooth progress bar
@@ -45,12 +50,23 @@ def cluster(address: str, workers: int) -> Iterator[Any]:
         ray.shutdown()
 
 
+def _leave_checkout() -> None:
+    """Ray puts the driver's working directory first on its workers' sys.path. Run from a checkout, that is
+    the repository root, whose kernels/ would then shadow Hugging Face's `kernels` package (transformers and
+    diffusers import it). The actors drop it before their first import of diffusers; latentguard itself
+    is installed, so nothing is lost."""
+    ours = Path(latentguard.kernels.__file__).resolve()
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() / "kernels" / "__init__.py" != ours]
+
+
 class _Worker:
     """One deployment, loaded once per actor."""
 
     def __init__(self, settings: Settings, name: str, batch_size: int, threads: int):
+        _leave_checkout()
         import torch
 
+        from latentguard.server.offline.trajectories import LocalCollector
         from latentguard.server.pipelines.deployments import load_deployment
 
         torch.set_num_threads(threads)
@@ -62,6 +78,8 @@ class _Worker:
     def collect(
         self, runs: list[tuple[str, int]], drill: Drills, first_batch: int
     ) -> tuple[TrajectoryStats, list[float]]:
+        from latentguard.server.offline.trajectories import collect
+
         local = self.local
         got = collect(local.dep, runs, drill=drill, batch_size=local.batch_size, first_batch=first_batch)
         return got.stats, got.sigmas
@@ -90,6 +108,8 @@ class RayCollector:
     def collect(
         self, runs: list[tuple[str, int]], drill: Drills = None, progress: Progress | None = None
     ) -> Collected:
+        from latentguard.server.offline.trajectories import Collected
+
         if not runs:
             raise ValueError("no runs to collect")
         size = SHARD_BATCHES * self.batch_size
@@ -113,6 +133,7 @@ class _PairWorker:
     """Both deployments of an A/B comparison, loaded once per actor."""
 
     def __init__(self, settings: Settings, threads: int):
+        _leave_checkout()
         import torch
 
         from latentguard.server.offline.ab_sources import InProcessSource

@@ -19,7 +19,7 @@ from latentguard.kernels import aot
 def test_every_kernel_fits_every_target_architecture():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "latentguard.kernels.aot"],
+        [sys.executable, "-P", "-W", "ignore", "-m", "latentguard.kernels.aot"],
         env=env,
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ from latentguard.server.harness.process import free_port
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "latentguard.server.cli", "serve", *args]
+    cmd = [sys.executable, "-P", "-m", "latentguard.server.cli", "serve", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 

@@ -44,7 +44,9 @@ _COUNT_THREADS = textwrap.dedent(
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts Linux threads")
 def test_a_side_thread_brings_no_openmp_team_and_the_compute_thread_brings_the_one():
-    out = subprocess.run([sys.executable, "-c", _COUNT_THREADS], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", _COUNT_THREADS], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     added = json.loads(out.stdout.strip().splitlines()[-1])
     assert added["side"] == 1  # itself only
