@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import latentguard.kernels
 from latentguard.detectors import Drill
 from latentguard.server.offline.calibrate import calibrate_deployment
-from latentguard.server.offline.distributed import RayCollector, cluster
+from latentguard.server.offline.distributed import RayCollector, _leave_checkout, cluster
 from latentguard.server.offline.trajectories import LocalCollector, default_prompts, run_grid
 
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'latentguard[ray]'")
+
+
+def test_an_actor_drops_the_checkout_ray_puts_first_on_its_path(monkeypatch):
+    """From the repository root, Ray's workers would find kernels/ before Hugging Face's `kernels` (which
+    diffusers imports); the actors leave it, and only it."""
+    rest = list(sys.path)
+    monkeypatch.setattr(sys, "path", [str(Path(latentguard.kernels.__file__).parents[1]), *rest])
+    _leave_checkout()
+    assert sys.path == rest
 
 
 @pytest.fixture(scope="module")
