@@ -124,9 +124,13 @@ def vae() -> AutoencoderKL:
 
 
 def sd3_transformer() -> SD3Transformer2DModel:
+    """Patch 4: a token is 32 x 32 pixels, an 8 x 8 grid at 256 px (measured: patch 2 learned colour as
+    scattered blocks, 17.5% foreground colour after 6000 steps against 43-47% with patch 4, at a third of
+    the cost per step). sample_size 128 with pos_embed_max_size 32 gives positions one unit apart (base
+    size 32) and allows up to 1024 px; the deployments pass their height and width."""
     return SD3Transformer2DModel(
-        sample_size=32,
-        patch_size=2,
+        sample_size=128,
+        patch_size=4,
         in_channels=LATENT_CHANNELS,
         num_layers=4,
         attention_head_dim=16,
@@ -135,7 +139,7 @@ def sd3_transformer() -> SD3Transformer2DModel:
         caption_projection_dim=64,
         pooled_projection_dim=64,
         out_channels=LATENT_CHANNELS,
-        pos_embed_max_size=64,
+        pos_embed_max_size=32,
     )
 
 

@@ -258,6 +258,13 @@ def render(scene: Scene, size: int = 256, seed: int = 0) -> Image.Image:
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def shape_mask(scene: Scene, image: Image.Image) -> np.ndarray:
+    """Where `image`, a render of `scene`, shows the shapes: the pixels that differ from the background."""
+    shapes = np.asarray(image, dtype=np.int16)
+    background = np.asarray(_background(scene, image.width), dtype=np.int16)
+    return np.abs(shapes - background).sum(-1) > 24
+
+
 # --- measuring -----------------------------------------------------------------------------------
 _HUES = (  # upper hue bound in degrees -> colour, for saturated pixels
     (15, "red"),
