@@ -181,7 +181,8 @@ def encode_latents(work: Path, plan: Plan) -> None:
             x = torch.from_numpy(np.stack([np.asarray(im) for im in images]))
             x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
             parts.append(vae.encode(x).latent_dist.mean.half())
-            mask = torch.from_numpy(np.stack([shape_mask(s, im) for s, im in zip(batch, images, strict=True)]))
+            shapes = [shape_mask(s, im) for s, im in zip(batch, images, strict=True)]
+            mask = torch.from_numpy(np.stack(shapes))
             masks.append(F.max_pool2d(mask[:, None].float(), 8)[:, 0].bool())  # per latent pixel
             bar.advance(task, len(batch))
     latents = torch.cat(parts)
