@@ -234,8 +234,8 @@ def trainable(pipe, family: str) -> torch.nn.ModuleDict:
 def sigma_shift(pipe, latent_side: int) -> float:
     """The mean of the logit-normal sigma distribution: the shift the pipeline's own scheduler applies.
 
-    Both schedulers shift sigma in logit space: SD3's `shift` s maps s to s*sigma / (1 + (s-1)*sigma), which
-    is logit(sigma) + log(s); FLUX's dynamic shift exp(mu) (mu from the image's token count) adds mu.
+    Both schedulers shift sigma in logit space: SD3's `shift` s maps sigma to s*sigma / (1 + (s-1)*sigma),
+    which is logit(sigma) + log(s); FLUX's dynamic shift exp(mu) (mu from the token count) adds mu.
     SD3 and FLUX train on the shifted sigmas (SD3 paper, section 5.3.2; diffusers' training scripts draw
     from the scheduler's shifted timesteps). Training on unshifted logit-normal(0, 1) left the sampler's
     high-noise steps, where the layout is decided, almost unseen: the trained models never put a stripe
