@@ -161,6 +161,8 @@ def model_card(results: dict) -> str:
     plan = training["plan"]
     final = {k: training[f"{k}_losses"][-1][1] for k in ("vae", "sd3", "flux")}
     names = [n for n in ("tiny-sd3", "tiny-flux") if n in results]
+    round2 = " and ".join(f"tiny-{f}" for f in plan["round2"]) or "none"
+    round1 = " and ".join(f"tiny-{f}" for f in ("sd3", "flux") if f not in plan["round2"]) or "none"
     placed, center = results["placed"], results["placed_in_center"]
     return f"""# Built-in models: tiny-sd3 and tiny-flux
 
@@ -188,11 +190,16 @@ and evaluation (10%); the models saw train captions only ({plan["images"]} image
   random encoders did not condition in the time budget; training/train.py); tokenizers built in
   memory (byte-pair vocabulary learned on the grammar's captions for CLIP, word pieces for T5) so every
   grammar word is one token and any ASCII prompt still tokenizes. 32 tokens each.
-- `SD3Transformer2DModel` (4 joint blocks, 4 heads x 16) and `FluxTransformer2DModel` (1 double +
-  3 single blocks, 4 heads x 16), rectified flow (x_t = (1 - s) x0 + s e, target e - x0, s logit-normal),
-  {plan["cfg_dropout"]:.0%} of captions dropped for classifier-free guidance, AdamW, batch
-  {plan["batch"]}, {plan["sd3_steps"]} / {plan["flux_steps"]} steps, EMA weights shipped. Final
-  training loss (running mean) SD3 {final["sd3"]:.4f}, FLUX {final["flux"]:.4f}.
+- `SD3Transformer2DModel` (4 joint blocks, 4 heads x 16, patch 4: one token is 32 x 32 pixels) and
+  `FluxTransformer2DModel` (1 double + 3 single blocks, 4 heads x 16, 2 x 2 packing: 16 x 16 pixels),
+  rectified flow (x_t = (1 - s) x0 + s e, target e - x0), {plan["cfg_dropout"]:.0%} of captions dropped
+  for classifier-free guidance, AdamW, batch {plan["batch"]}, {plan["sd3_steps"]} / {plan["flux_steps"]}
+  steps, EMA weights shipped.
+- Recipes. {round2}: s logit-normal with mean ln 3 (its scheduler's shift: training sees the noise
+  levels the sampler spends its steps on), and the loss on latent pixels under a shape weighted
+  1 + {plan["shape_weight"]:g}. {round1}: s logit-normal(0, 1) and plain MSE (round 1's recipe; the
+  round-1 model learned colours but no layout). Final training loss (running mean; the weighted loss
+  does not compare with the plain one) SD3 {final["sd3"]:.4f}, FLUX {final["flux"]:.4f}.
 
 ## Measured quality
 

@@ -59,6 +59,11 @@ def clip_tokenizer() -> CLIPTokenizer:
     bpe.train_from_iterator(captions, trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab: dict[str, int] = model["vocab"]
+    # The trainer numbers the word-final characters it found by count, ties in a different order in every
+    # process (measured: "a</w>" got 79, 82 or 83); number them by character so the vocabulary is the same
+    # in every process: a run resumed in a new process must see the token ids it trained on.
+    finals = sorted(t for t in vocab if len(t) == 1 + len("</w>") and t.endswith("</w>"))
+    vocab.update(zip(finals, sorted(vocab[t] for t in finals), strict=True))
     for ch in ALPHABET:  # every character can end a word
         vocab.setdefault(ch + "</w>", len(vocab))
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]

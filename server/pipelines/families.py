@@ -20,10 +20,12 @@ Pipeline = Any
 class FamilyOps:
     name: str
     pipeline_class: Any  # the diffusers pipeline class
-    size_multiple_factor: int  # width/height must be multiples of vae_scale_factor * this
 
     def size_multiple(self, pipe: Pipeline) -> int:
-        return int(pipe.vae_scale_factor) * self.size_multiple_factor
+        """Width and height must be multiples of this: the VAE's factor times the transformer's patch
+        (SD3's patch_size, which the pipeline reads from its transformer; FLUX packs 2 x 2)."""
+        patch = 2 if self.name == "flux" else int(pipe.patch_size)
+        return int(pipe.vae_scale_factor) * patch
 
     def latent_shape(self, pipe: Pipeline, batch: int, height: int, width: int) -> tuple[int, ...]:
         f = int(pipe.vae_scale_factor)
@@ -55,8 +57,8 @@ class FamilyOps:
 
 
 FAMILIES = {
-    "sd3": FamilyOps("sd3", StableDiffusion3Pipeline, 2),  # transformer patch size 2
-    "flux": FamilyOps("flux", FluxPipeline, 2),  # 2x2 packing
+    "sd3": FamilyOps("sd3", StableDiffusion3Pipeline),
+    "flux": FamilyOps("flux", FluxPipeline),
 }
 
 

@@ -19,7 +19,7 @@ def test_generate_local_writes_image_and_report(tmp_path):
             "--deployment",
             "tiny-sd3",
             "--prompt",
-            "a red fox",
+            "a red circle on a blue background",
             "--seed",
             "7",
             "--out",

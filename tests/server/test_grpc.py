@@ -40,7 +40,10 @@ def code_of(call) -> grpc.StatusCode:
 
 
 def test_generate_returns_png_and_report(stub):
-    resp = stub.Generate(pb.GenerateRequest(deployment="tiny-sd3", prompt="a red fox", seed=7), timeout=60)
+    resp = stub.Generate(
+        pb.GenerateRequest(deployment="tiny-sd3", prompt="a red circle on a blue background", seed=7),
+        timeout=60,
+    )
     assert resp.image_png.startswith(b"\x89PNG")
     assert resp.report.verdict == "pass" and resp.report.steps_run == 12 and len(resp.report.steps) == 12
     names = [d.name for d in resp.report.detectors]
@@ -104,7 +107,7 @@ def test_health_and_reflection(server):
         ({"deployment": "nope"}, grpc.StatusCode.NOT_FOUND, "unknown deployment 'nope'"),
         ({"steps": 1000}, grpc.StatusCode.INVALID_ARGUMENT, "steps must be in"),
         ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty"),
-        ({"width": 100}, grpc.StatusCode.INVALID_ARGUMENT, "multiple of 16"),
+        ({"width": 100}, grpc.StatusCode.INVALID_ARGUMENT, "multiple of 32"),
         ({"drill": "aliasing:step=x"}, grpc.StatusCode.INVALID_ARGUMENT, "malformed drill"),
     ],
 )

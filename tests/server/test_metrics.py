@@ -104,7 +104,10 @@ def test_traffic_moves_the_right_series(server):
     stub = pb_grpc.GuardrailStub(channel(server.target))
     before = scrape(server)
     stub.Generate(
-        pb.GenerateRequest(deployment="tiny-sd3", prompt="a fox", steps=6, skip_image=True), timeout=60
+        pb.GenerateRequest(
+            deployment="tiny-sd3", prompt="a red circle on a blue background", seed=1, skip_image=True
+        ),
+        timeout=60,
     )
     stub.Generate(
         pb.GenerateRequest(deployment="tiny-sd3", prompt="a fox", drill="blur:step=2", skip_image=True),
@@ -128,7 +131,7 @@ def test_traffic_moves_the_right_series(server):
     steps = value(after, "latentguard_step_check_seconds_count", deployment="tiny-sd3") - value(
         before, "latentguard_step_check_seconds_count", deployment="tiny-sd3"
     )
-    assert steps == 6 + 12 + 2  # every step checked is one observation; the abort stopped at step 1
+    assert steps == 12 + 12 + 2  # every step checked is one observation; the abort stopped at step 1
     gen = value(
         after, "latentguard_generation_seconds_count", deployment="tiny-sd3", outcome="aborted"
     ) - value(before, "latentguard_generation_seconds_count", deployment="tiny-sd3", outcome="aborted")

@@ -34,7 +34,7 @@ from latentguard.v1 import guardrail_pb2_grpc as pb_grpc
 
 from .grpc_harness import ServerThread, scrape, value
 
-STEPS = 4
+STEPS = 12  # the shipped profile's schedule: at 4 steps its attention envelopes flag most benign requests
 CANARIES = [
     CanaryPrompt(prompt="a red circle on a blue background", seed=1),
     CanaryPrompt(prompt="a blue star", seed=2),

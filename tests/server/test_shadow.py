@@ -37,7 +37,10 @@ def settle(server) -> str:
 def test_a_mirrored_request_exports_its_divergence_and_the_candidate_report(server):
     stub = pb_grpc.GuardrailStub(channel(server.target))
     before = settle(server)
-    resp = stub.Generate(pb.GenerateRequest(deployment="tiny-sd3", prompt="a red fox", seed=3), timeout=60)
+    resp = stub.Generate(
+        pb.GenerateRequest(deployment="tiny-sd3", prompt="a red circle on a blue background", seed=3),
+        timeout=60,
+    )
     assert resp.report.verdict == "pass" and resp.image_png
     assert not resp.HasField("trajectory")  # recorded for the shadow, not sent to a caller who did not ask
     after = settle(server)

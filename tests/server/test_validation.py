@@ -16,8 +16,9 @@ from latentguard.server.pipelines.requests import GenerateRequest, resolve
         ({"seed": 2**63}, "seed must be"),
         ({"steps": -1}, "steps must be in"),
         ({"steps": 101}, "steps must be in"),
-        ({"width": 250}, "multiple of 16"),
-        ({"height": 100}, "multiple of 16"),
+        ({"width": 250}, "multiple of 32"),
+        ({"height": 100}, "multiple of 32"),
+        ({"height": 272}, "multiple of 32"),  # VAE factor 8 x the transformer's patch 4, not 8 x 2
         ({"width": -16}, "must be positive"),
         ({"width": 2048}, "above the limit"),
         ({"drill": "meltdown"}, "unknown drill kind"),
