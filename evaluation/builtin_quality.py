@@ -170,7 +170,8 @@ Two diffusers checkpoints, trained from scratch on this project's machine (2 CPU
 `make train` (training/train.py; architectures in training/architecture.py). Each folder is a
 complete diffusers pipeline (`model_index.json`, safetensors only) and loads with
 `StableDiffusion3Pipeline.from_pretrained` / `FluxPipeline.from_pretrained`, the same path a
-production checkpoint takes.
+production checkpoint takes. Both were trained at 256 x 256: pass `height=256, width=256` (the pipelines'
+own default is 1024 for both; the deployments pass their configured size).
 
 ## Data
 
