@@ -34,7 +34,7 @@ DRILLS = [
     "aliasing:step=4,strength=0.5",
     "checkerboard:step=4,strength=0.2",
     "grain:step=4,strength=0.4",
-    "collapse:step=4,strength=0.5",  # mostly missed on the trained models (README, Evaluation)
+    "collapse:step=4,strength=0.5",  # caught on tiny-sd3 (round 7), often missed on tiny-flux (README)
     "blur:step=4,strength=0.8",
     "nan:step=3",
 ]
