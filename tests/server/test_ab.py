@@ -74,7 +74,7 @@ def test_ab_cli_against_a_live_server_over_grpc(tmp_path):
                 "--prompts",
                 str(prompts),
                 "--max-x0-divergence",
-                "1",  # the default 0.25 fails fp8 on the trained tiny model (README, A/B)
+                "1",  # this checks the CLI path, not the gate (fp8 measures 0.105 on 32 pairs: README, A/B)
                 "--out",
                 str(tmp_path / "ok"),
             ],
