@@ -69,7 +69,7 @@ class Plan:
     shape_weight: float = 4.0  # extra loss weight on latent pixels the shapes cover (train_transformer)
     # Families trained with round 2's recipe (shifted sigmas, shape weight). tiny-flux still ships
     # round 1's weights, so `make train` keeps round 1's recipe for it (unshifted sigmas, plain MSE);
-    # trained with round 2's, it measured worse (78.8 / 38.8 / 4.5% against 94.6 / 42.5 / 5.3%).
+    # round 2's measured worse on it (README, Built-in models, has the figures).
     round2: tuple[str, ...] = ("sd3",)
     checkpoint_every: int = 250
     export_to: Path = BUILTIN
