@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -156,13 +157,47 @@ def legend(captions: list[str]) -> str:
     )
 
 
+def transformer_config(name: str) -> dict:
+    return json.loads((builtin_folder(name) / "transformer" / "config.json").read_text())
+
+
+def heads(config: dict) -> str:
+    return f"{config['num_attention_heads']} heads x {config['attention_head_dim']}"
+
+
+# The mean of the logit-normal noise levels round 2 trains on: the shift each scheduler samples with
+# (training/train.py, sigma_shift)
+ROUND2_SHIFT = {"sd3": "ln 3, its scheduler's shift", "flux": "0.5, FLUX's dynamic shift at 256 image tokens"}
+
+
+def recipes(plan: dict, final: dict) -> str:
+    """The model card's Recipes item, wrapped."""
+    round2 = [f for f in ("sd3", "flux") if f in plan["round2"]]
+    round1 = [f for f in ("sd3", "flux") if f not in plan["round2"]]
+    text = [
+        f"tiny-{f}: s logit-normal with mean {ROUND2_SHIFT[f]} (training sees the noise levels the "
+        f"sampler spends its steps on), the loss on latent pixels under a shape weighted "
+        f"1 + {plan['shape_weight']:g}."
+        for f in round2
+    ]
+    text += [
+        f"tiny-{f}: s logit-normal(0, 1) and plain MSE (round 1's recipe; the round-1 model learned "
+        "colours but no layout)."
+        for f in round1
+    ]
+    text.append(f"Final training loss (running mean) SD3 {final['sd3']:.4f}, FLUX {final['flux']:.4f}.")
+    return textwrap.fill("- Recipes: " + " ".join(text), width=100, subsequent_indent="  ")
+
+
 def model_card(results: dict) -> str:
     training = json.loads((CARD.parent / "training.json").read_text())
     plan = training["plan"]
     final = {k: training[f"{k}_losses"][-1][1] for k in ("vae", "sd3", "flux")}
     names = [n for n in ("tiny-sd3", "tiny-flux") if n in results]
-    round2 = " and ".join(f"tiny-{f}" for f in plan["round2"]) or "none"
-    round1 = " and ".join(f"tiny-{f}" for f in ("sd3", "flux") if f not in plan["round2"]) or "none"
+    sd3, flux = (transformer_config(f"tiny-{f}") for f in ("sd3", "flux"))
+    settings = Settings()
+    sd3_guidance = settings.deployment("tiny-sd3").guidance_scale
+    flux_cfg = settings.deployment("tiny-flux").true_cfg_scale
     placed, center = results["placed"], results["placed_in_center"]
     return f"""# Built-in models: tiny-sd3 and tiny-flux
 
@@ -191,16 +226,20 @@ and evaluation (10%); the models saw train captions only ({plan["images"]} image
   random encoders did not condition in the time budget; training/train.py); tokenizers built in
   memory (byte-pair vocabulary learned on the grammar's captions for CLIP, word pieces for T5) so every
   grammar word is one token and any ASCII prompt still tokenizes. 32 tokens each.
-- `SD3Transformer2DModel` (4 joint blocks, 4 heads x 16, patch 4: one token is 32 x 32 pixels) and
-  `FluxTransformer2DModel` (1 double + 3 single blocks, 4 heads x 16, 2 x 2 packing: 16 x 16 pixels),
+- `SD3Transformer2DModel` ({sd3["num_layers"]} joint blocks, {heads(sd3)}, patch {sd3["patch_size"]}: one
+  token is {8 * sd3["patch_size"]} x {8 * sd3["patch_size"]} pixels) and `FluxTransformer2DModel`
+  ({flux["num_layers"]} double + {flux["num_single_layers"]} single blocks, {heads(flux)}, rotary axes
+  {tuple(flux["axes_dims_rope"])}, 2 x 2 packing: 16 x 16 pixels),
   rectified flow (x_t = (1 - s) x0 + s e, target e - x0), {plan["cfg_dropout"]:.0%} of captions dropped
   for classifier-free guidance, AdamW, batch {plan["batch"]}, {plan["sd3_steps"]} / {plan["flux_steps"]}
   steps, EMA weights shipped.
-- Recipes. {round2}: s logit-normal with mean ln 3 (its scheduler's shift: training sees the noise
-  levels the sampler spends its steps on), and the loss on latent pixels under a shape weighted
-  1 + {plan["shape_weight"]:g}. {round1}: s logit-normal(0, 1) and plain MSE (round 1's recipe; the
-  round-1 model learned colours but no layout). Final training loss (running mean; the weighted loss
-  does not compare with the plain one) SD3 {final["sd3"]:.4f}, FLUX {final["flux"]:.4f}.
+{recipes(plan, final)}
+- Sampling (the deployments' defaults, which `make quality` uses): 12 steps at 256 x 256; tiny-sd3
+  with `guidance_scale` {sd3_guidance:g}. tiny-flux has no guidance embedding (FLUX.1-dev's is
+  distilled from a teacher we do not have), so it guides by true classifier-free guidance against an
+  empty negative prompt: `FluxPipeline(..., true_cfg_scale={flux_cfg:g}, negative_prompt="")`, a
+  second transformer call per step (the deployment's `true_cfg_scale`, chosen on calibration-split
+  prompts).
 
 ## Measured quality
 

@@ -52,7 +52,7 @@ from latentguard.server.offline.ab_stats import psnr
 from latentguard.server.offline.attention_faults import attention_fault
 from latentguard.server.offline.calibrate import CLASSIFIER_SEEDS, FIT_FRACTION, split_by_prompt
 from latentguard.server.offline.distributed import RayCollector, cluster
-from latentguard.server.offline.trajectories import LocalCollector, default_prompts, run_grid
+from latentguard.server.offline.trajectories import LocalCollector, RunCount, default_prompts, run_grid
 from latentguard.server.pipelines.deployments import load_deployment
 from latentguard.server.pipelines.runner import PipelineRunner
 
@@ -91,22 +91,6 @@ INJECT_STEPS = (2, 4, 6, 8)
 SEED_BASE = 100_000
 PSNR_PAIRS = 16
 HERE = Path(__file__).parent
-
-
-class RunCount:
-    """A deployment's pipeline runs done, on stderr: a line per 5% with the elapsed time and a linear
-    estimate of the rest (plain lines, readable in a log, where a progress bar does not draw)."""
-
-    def __init__(self, name: str, total: int):
-        self.name, self.total, self.done, self.start = name, total, 0, time.time()
-
-    def __call__(self, runs: int) -> None:
-        before, self.done = self.done, self.done + runs
-        if 20 * self.done // self.total > 20 * before // self.total:
-            spent = time.time() - self.start
-            left = spent * (self.total - self.done) / self.done
-            done = f"{self.done}/{self.total} runs"
-            print(f"  {self.name}: {done}, {spent / 60:.0f} min, ~{left / 60:.0f} min left", file=sys.stderr)
 
 
 def margins(stats, sigmas, detectors):

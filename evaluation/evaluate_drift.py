@@ -42,7 +42,7 @@ from latentguard.server.config import AdapterConfig, Settings
 from latentguard.server.offline import scenes
 from latentguard.server.offline.ab_stats import psnr
 from latentguard.server.offline.lora import random_lora
-from latentguard.server.offline.trajectories import LocalCollector, run_grid
+from latentguard.server.offline.trajectories import LocalCollector, RunCount, run_grid
 from latentguard.server.pipelines.canaries import CanarySet, run_round
 from latentguard.server.pipelines.deployments import Deployment, load_deployment
 from latentguard.server.pipelines.runner import PipelineRunner
@@ -53,9 +53,11 @@ STREAM_ORDERS = 40
 PSNR_PAIRS = 8
 
 
-def summaries(dep: Deployment, prompts: list[str], first_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def summaries(
+    dep: Deployment, prompts: list[str], first_seed: int, progress: RunCount
+) -> tuple[np.ndarray, np.ndarray]:
     """(drift summaries [N, D], per-request any-detector flag [N]) of one run per prompt."""
-    collected = LocalCollector(dep).collect(run_grid(prompts, 1, first_seed=first_seed))
+    collected = LocalCollector(dep).collect(run_grid(prompts, 1, first_seed=first_seed), progress=progress)
     detectors = dep.detectors
     flagged = torch.zeros(len(prompts), dtype=torch.bool)
     for det in detectors.values():
@@ -170,10 +172,14 @@ def evaluate(name: str, benign_runs: int, changed_runs: int, workdir: Path) -> d
         raise SystemExit(f"{name} has no drift reference (make profiles)")
     if base.canaries is None:
         raise SystemExit(f"{name} has no canary reference (make profiles)")
+    if min(benign_runs, changed_runs) < ref.window:
+        raise SystemExit(f"--benign-runs and --changed-runs must be at least the drift window ({ref.window})")
     tolerance = base.config.canaries.tolerance
     rng = np.random.default_rng(0)
     prompts = scenes.prompts(benign_runs, "evaluation", seed=11)
-    benign, benign_flags = summaries(base, prompts, SEED_BASE)
+    rows = changes(settings, base, workdir)
+    counted = RunCount(name, benign_runs + min(changed_runs, benign_runs) * len(rows))
+    benign, benign_flags = summaries(base, prompts, SEED_BASE, counted)
     null = alarms(ref, resampled(benign, ref.window, 5000, rng))
     any_null = (null > 1).any(axis=1)
     disjoint = alarms(
@@ -204,9 +210,9 @@ def evaluate(name: str, benign_runs: int, changed_runs: int, workdir: Path) -> d
         "changes": [],
     }
     psnr_prompts = prompts[:PSNR_PAIRS]
-    for label, make in changes(settings, base, workdir):
+    for label, make in rows:
         changed = make()
-        drifted, flags = summaries(changed, prompts[:changed_runs], SEED_BASE + benign_runs)
+        drifted, flags = summaries(changed, prompts[:changed_runs], SEED_BASE + benign_runs, counted)
         power = alarms(ref, resampled(drifted, ref.window, 1000, rng)) > 1
         delays = []
         for order in range(STREAM_ORDERS):

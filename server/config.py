@@ -98,6 +98,10 @@ class DeploymentConfig(BaseModel):
     width: int = 256
     height: int = 256
     guidance_scale: float = 4.5
+    # FLUX only: classifier-free guidance against an empty negative prompt (diffusers' true_cfg_scale:
+    # a second transformer call per step), for FLUX models trained with caption dropout and without a
+    # guidance embedding, such as tiny-flux; a guidance-distilled FLUX.1-dev takes guidance_scale. 1: off
+    true_cfg_scale: float = Field(1.0, ge=1.0)
     max_sequence_length: int | None = None  # T5 tokens; None: the pipeline's default
     max_queue: int = Field(8, ge=0)  # requests waiting beyond the one running; more are refused
     # dynamic batching (core/batching.py): up to max_batch_size admitted requests of the same steps,
@@ -124,6 +128,8 @@ class DeploymentConfig(BaseModel):
             raise ValueError(f"adapters need a 16/32-bit variant (fp32, bf16, fp16), not {self.variant}")
         if self.attribution and not self.adapters:
             raise ValueError("attribution replays requests without the adapters: list at least one adapter")
+        if self.true_cfg_scale > 1 and self.family != "flux":
+            raise ValueError("true_cfg_scale is FLUX's; SD3 pipelines guide with guidance_scale")
         unknown = set(self.policies) - set(DETECTOR_NAMES)
         if unknown:
             raise ValueError(
@@ -215,7 +221,12 @@ def builtin_deployments() -> list[DeploymentConfig]:
     return [
         sd3,
         DeploymentConfig(
-            name="tiny-flux", model="tiny-flux", family="flux", guidance_scale=3.5, max_sequence_length=32
+            name="tiny-flux",
+            model="tiny-flux",
+            family="flux",
+            guidance_scale=3.5,
+            true_cfg_scale=3.0,  # chosen on calibration prompts (README, Built-in models)
+            max_sequence_length=32,
         ),
         sd3.model_copy(update={"name": "tiny-sd3-fp8", "variant": "fp8", "baseline": "tiny-sd3"}),
         sd3.model_copy(update={"name": "tiny-sd3-int4", "variant": "int4", "baseline": "tiny-sd3"}),

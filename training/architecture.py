@@ -149,17 +149,22 @@ def sd3_transformer() -> SD3Transformer2DModel:
 
 
 def flux_transformer() -> FluxTransformer2DModel:
+    """FLUX's image tokens get their position only from rotary embeddings (no absolute embedding).
+    diffusers' FluxPosEmbed fixes theta at 10000, so an axis of d dims rotates at 10000^(-2i/d) rad per
+    token: axes (4, 14, 14) give each image axis seven frequencies (1, 0.27, 0.07, 0.02 ...), two of them
+    turning 1-4 rad across the 16-token side. The first axis is FLUX's text/index axis (all zeros here,
+    as in FLUX). Head dim = sum of the axes, so 2 heads x 32 keep the width at 64."""
     return FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * LATENT_CHANNELS,
         num_layers=1,
         num_single_layers=3,
-        attention_head_dim=16,
-        num_attention_heads=4,
+        attention_head_dim=32,
+        num_attention_heads=2,
         joint_attention_dim=64,
         pooled_projection_dim=32,
         guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6),
+        axes_dims_rope=(4, 14, 14),
     )
 
 

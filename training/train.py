@@ -14,8 +14,8 @@ interrupted run picks up where it stopped:
            (classifier-free guidance). mu puts training where the pipeline samples (sigma_shift below);
            the loss weighs latent pixels under a shape 1 + shape_weight (the shapes are a small part of
            the picture, and without the weight the model painted colour without shapes)
-  flux     FluxTransformer2DModel and its text encoders, the same on 2 x 2-packed latents, with round 1's
-           recipe (mu 0, no shape weight): round 2's measured worse on it (README, Built-in models)
+  flux     FluxTransformer2DModel and its text encoders, the same on 2 x 2-packed latents (with round 1's
+           rotary axes the same recipe measured worse: architecture.flux_transformer, README)
 
 The text encoders train with the denoiser. Production pipelines freeze theirs because they arrive
 pretrained and meaningful; seeded random encoders carry the words, but the denoiser did not learn to
@@ -67,10 +67,9 @@ class Plan:
     lr: float = 4e-4
     cfg_dropout: float = 0.1
     shape_weight: float = 4.0  # extra loss weight on latent pixels the shapes cover (train_transformer)
-    # Families trained with round 2's recipe (shifted sigmas, shape weight). tiny-flux still ships
-    # round 1's weights, so `make train` keeps round 1's recipe for it (unshifted sigmas, plain MSE);
-    # round 2's measured worse on it (README, Built-in models, has the figures).
-    round2: tuple[str, ...] = ("sd3",)
+    # Families trained with round 2's recipe (shifted sigmas, shape weight); the others get round 1's
+    # (unshifted sigmas, plain MSE), kept to reproduce the comparisons in the README (Built-in models).
+    round2: tuple[str, ...] = ("sd3", "flux")
     checkpoint_every: int = 250
     export_to: Path = BUILTIN
 

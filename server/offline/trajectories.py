@@ -3,6 +3,8 @@ classifier training, evaluation), and the shipped prompt sets."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,22 @@ from latentguard.server.pipelines.runner import PipelineRunner
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 Progress = Callable[[int], None]  # called with the number of runs just finished
+
+
+class RunCount:
+    """A deployment's pipeline runs done, on stderr: a line per 5% with the elapsed time and a linear
+    estimate of the rest (plain lines, readable in a log, where a progress bar does not draw)."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done, self.start = name, total, 0, time.time()
+
+    def __call__(self, runs: int) -> None:
+        before, self.done = self.done, self.done + runs
+        if 20 * self.done // self.total > 20 * before // self.total:
+            spent = time.time() - self.start
+            left = spent * (self.total - self.done) / self.done
+            done = f"{self.done}/{self.total} runs"
+            print(f"  {self.name}: {done}, {spent / 60:.0f} min, ~{left / 60:.0f} min left", file=sys.stderr)
 
 
 def default_prompts(split: str) -> list[str]:

@@ -128,9 +128,11 @@ class PipelineRunner:
         )
         fault = DrillCallback(family, height, width, drill, noise, seeds[0], dep.pipe) if drill else None
         callbacks = [*([fault] if fault else []), *([recorder] if recorder else []), guard]
-        extra = {}
+        extra: dict[str, object] = {}
         if dep.config.max_sequence_length is not None:
             extra["max_sequence_length"] = dep.config.max_sequence_length
+        if dep.config.true_cfg_scale > 1:
+            extra |= {"true_cfg_scale": dep.config.true_cfg_scale, "negative_prompt": [""] * len(prompts)}
         try:
             with recording(probes):
                 out = dep.pipe(

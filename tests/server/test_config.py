@@ -43,6 +43,14 @@ def test_yaml_file_then_environment_overrides(tmp_path, monkeypatch):
         ("colour: blue", "colour"),
         ("deployments: [{name: a, model: tiny-sd3, family: sd3, baseline: b}]", "'b' must name another"),
         ("deployments: [{name: a, model: tiny-sd3, family: sd3, baseline: a}]", "'a' must name another"),
+        (
+            "deployments: [{name: a, model: tiny-sd3, family: sd3, true_cfg_scale: 3}]",
+            "true_cfg_scale is FLUX",
+        ),
+        (
+            "deployments: [{name: a, model: tiny-flux, family: flux, true_cfg_scale: 0.5}]",
+            "greater than or equal",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, message):
