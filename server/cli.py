@@ -646,7 +646,9 @@ def _ab_run(baseline, candidate, out, prompts, seeds, remote, candidate_drill, c
 @app.command("token-hash")
 def token_hash_command(
     name: Annotated[str, typer.Option(help="A name for the token, for the server log.")],
-    deployments: Annotated[str, typer.Option(help="Comma-separated deployments it may use, or *.")] = "*",
+    deployments: Annotated[
+        str, typer.Option(help="Comma-separated deployments it may use, or * for every one (no default).")
+    ],
     inspect: Annotated[bool, typer.Option(help="Whether it may call Inspect.")] = False,
 ) -> None:
     """Read a token from stdin and print its entry for `auth.tokens` (the token itself is never stored)."""
@@ -666,6 +668,32 @@ def token_hash_command(
         "inspect": inspect,
     }
     print(yaml.safe_dump([entry], sort_keys=False), end="")
+
+
+config_app = typer.Typer(help="Check a config before rolling it out.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    config: Annotated[Path, typer.Argument(help="YAML config to validate (as `serve --config` reads it).")],
+) -> None:
+    """Validate a config as `serve` would (unknown keys, tokens file, TLS files) and print the effective
+    settings with secrets redacted. Exit code 0: valid; 2: not (one line per problem)."""
+    from latentguard.server.config import Settings, effective_settings
+
+    try:
+        settings = Settings.load(config)
+        missing = settings.missing_files()
+        if missing:
+            raise ValueError("\n".join(f"{config}: {key}: no such file {path!r}" for key, path in missing))
+        effective = effective_settings(settings)  # reads and validates the tokens file
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    import yaml
+
+    print(yaml.safe_dump(effective, sort_keys=False), end="")
+    console.print(f"[green]{config}: valid[/] ({len(settings.deployments)} deployments)")
 
 
 if __name__ == "__main__":

@@ -2,38 +2,118 @@
 
 Environment variables use the prefix LATENTGUARD_ and `__` for nesting, e.g.
 LATENTGUARD_LIMITS__MAX_STEPS=50 or LATENTGUARD_PORT=50052.
+
+The config fails closed: every section refuses unknown keys, and a mistake reads as one line per
+problem with the file, the key's path and the closest valid name,
+
+    config.yaml: deployments[0].gudance_scale: unknown key (did you mean 'guidance_scale'?)
+    tokens.yaml: [0].deployments: required
+
+so that a misspelt key never starts the server with a default that opens access (a TLS section with
+`client-ca:` would otherwise serve without mutual TLS). The CLI turns ConfigError into exit code 2.
 """
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from latentguard.detectors import DETECTOR_NAMES, Action, OnError, drift
 from latentguard.server.errors import NotFound
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: an unknown key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """A config file (or tokens file) that does not validate; the message names each bad key."""
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, source: str, model: Any) -> ConfigError:
+        lines = [f"{source}: {_describe(err, model)}" for err in exc.errors()]
+        return cls("\n".join(lines))
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """('deployments', 0, 'gudance_scale') -> 'deployments[0].gudance_scale'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(err: Any, model: Any) -> str:
+    loc = tuple(err["loc"])
+    where = key_path(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+        return f"{where}: unknown key ({hint})"
+    if err["type"] == "missing":
+        return f"{where}: required"
+    return f"{where}: {err['msg']}"
+
+
+def _fields_at(model: Any, loc: tuple[int | str, ...]) -> list[str]:
+    """The keys valid where `loc` points: walk the annotations through models, lists, dicts, Optionals."""
+    tp = model
+    for key in loc:
+        tp = _step(tp, key)
+        if tp is None:
+            return []
+    tp = _strip_optional(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _step(tp: Any, key: int | str) -> Any:
+    tp = _strip_optional(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and isinstance(key, int):
+        return args[0]
+    if origin is dict:
+        return args[1]
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(key, str):
+        field = tp.model_fields.get(key)
+        return field.annotation if field is not None else None
+    return None
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else tp
+    return tp
+
 
 Family = Literal["sd3", "flux"]
 Variant = Literal["fp32", "bf16", "fp16", "fp8", "int4", "nf4"]
 BUILTIN_MODELS = ("tiny-sd3", "tiny-flux")
 
 
-class Limits(BaseModel):
+class Limits(StrictModel):
     max_steps: int = Field(100, ge=1)
     max_side: int = Field(1024, ge=16)
     max_prompt_chars: int = Field(2000, ge=1)
     max_trajectory_mb: int = Field(48, ge=1)  # return_trajectory responses (below max_message_mb)
 
 
-class PolicyConfig(BaseModel):
+class PolicyConfig(StrictModel):
     action: Action = Action.ANNOTATE
     on_error: OnError = OnError.FAIL_OPEN
 
 
-class AdapterConfig(BaseModel):
+class AdapterConfig(StrictModel):
     """A LoRA adapter applied to the deployment's denoiser (diffusers `load_lora_weights`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # also the `adapter` metric label
@@ -41,7 +121,7 @@ class AdapterConfig(BaseModel):
     scale: float = 1.0
 
 
-class AttentionConfig(BaseModel):
+class AttentionConfig(StrictModel):
     """Attention probes (server/pipelines/attention_probes.py) and the detectors attention_entropy and
     attention_rank that read them. The profile must have been calibrated with the same probes."""
 
@@ -51,7 +131,7 @@ class AttentionConfig(BaseModel):
     max_tokens: int = Field(64, ge=8, le=4096)  # image tokens sampled per probed block and step
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(StrictModel):
     """Fleet drift of this deployment's requests against its drift reference (server/core/drift.py)."""
 
     enabled: bool = True  # needs a reference; without one the deployment logs that drift is off
@@ -60,7 +140,7 @@ class DriftConfig(BaseModel):
     permutations: int = Field(2000, ge=99, le=100_000)  # MMD permutation p-value
 
 
-class CanaryPrompt(BaseModel):
+class CanaryPrompt(StrictModel):
     prompt: str = Field(min_length=1)
     seed: int = Field(0, ge=0, le=2**63 - 1)
     steps: int | None = Field(None, ge=1)  # None: the deployment's default
@@ -74,7 +154,7 @@ def default_canaries() -> list[CanaryPrompt]:
     ]
 
 
-class CanaryConfig(BaseModel):
+class CanaryConfig(StrictModel):
     """Control-prompt canaries (server/core/canaries.py): fixed prompts and seeds whose trajectories
     are recorded once (`latentguard canary-reference`) and compared when the server is idle."""
 
@@ -89,7 +169,7 @@ class CanaryConfig(BaseModel):
     tolerance: float = Field(1e-3, gt=0)
 
 
-class DeploymentConfig(BaseModel):
+class DeploymentConfig(StrictModel):
     name: str
     model: str  # "tiny-sd3" | "tiny-flux" | a local diffusers folder | a hub id
     family: Family
@@ -138,7 +218,7 @@ class DeploymentConfig(BaseModel):
         return self
 
 
-class ShadowConfig(BaseModel):
+class ShadowConfig(StrictModel):
     """Mirror a fraction of `baseline`'s Generate requests to `candidate` with the same prompt and seed."""
 
     baseline: str
@@ -148,7 +228,7 @@ class ShadowConfig(BaseModel):
     max_wait_seconds: float = Field(10.0, ge=0)  # for the server to be idle; then the run is skipped
 
 
-class TlsConfig(BaseModel):
+class TlsConfig(StrictModel):
     """TLS for the gRPC port (and, with `metrics`, the /metrics port). Files are PEM; certificate and
     key are read again when they change (checked at each new connection), so a rotated certificate
     needs no restart."""
@@ -159,16 +239,17 @@ class TlsConfig(BaseModel):
     metrics: bool = True  # serve /metrics over TLS with the same certificate (scrapers then need the CA)
 
 
-class TokenConfig(BaseModel):
+class TokenConfig(StrictModel):
     """One bearer token, stored as its SHA-256 (`latentguard token-hash` prints the entry)."""
 
     name: str  # for the logs; never a metric label
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    deployments: list[str] = Field(default_factory=lambda: ["*"])  # "*": every deployment
+    # no default: a token's rights are written down, never implied ("*" says every deployment)
+    deployments: list[str] = Field(min_length=1)
     inspect: bool = False  # may call Inspect (sidecar mode)
 
 
-class AuthConfig(BaseModel):
+class AuthConfig(StrictModel):
     """Bearer tokens in the `authorization` metadata, checked by one interceptor. With no tokens (and
     no tokens_file) authentication is off."""
 
@@ -179,19 +260,27 @@ class AuthConfig(BaseModel):
     )
 
     def all_tokens(self) -> list[TokenConfig]:
+        """The inline tokens and those of tokens_file, each entry validated (ConfigError naming the file)."""
         if self.tokens_file is None:
             return list(self.tokens)
         loaded = yaml.safe_load(Path(self.tokens_file).read_text()) or []
         if not isinstance(loaded, list):
-            raise ValueError(f"{self.tokens_file}: expected a list of token entries")
-        return [*self.tokens, *(TokenConfig(**entry) for entry in loaded)]
+            raise ConfigError(f"{self.tokens_file}: expected a list of token entries")
+        try:
+            from_file = _TOKEN_LIST.validate_python(loaded)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, self.tokens_file, list[TokenConfig]) from None
+        return [*self.tokens, *from_file]
 
     @property
     def enabled(self) -> bool:
         return bool(self.tokens) or self.tokens_file is not None
 
 
-class ConnectionLimits(BaseModel):
+_TOKEN_LIST = TypeAdapter(list[TokenConfig])
+
+
+class ConnectionLimits(StrictModel):
     """What one client can hold: sessions that send nothing, streams per connection, connections that
     live forever, pings that flood."""
 
@@ -268,6 +357,19 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def missing_files(self) -> list[tuple[str, str]]:
+        """(key path, file) for each file the config names that does not exist (`config check`)."""
+        named: list[tuple[str, str | None]] = [("auth.tokens_file", self.auth.tokens_file)]
+        if self.tls is not None:
+            named += [("tls.cert", self.tls.cert), ("tls.key", self.tls.key)]
+            named += [("tls.client_ca", self.tls.client_ca)]
+        for i, d in enumerate(self.deployments):
+            at = f"deployments[{i}]"
+            named += [(f"{at}.profile", d.profile), (f"{at}.drift.reference", d.drift.reference)]
+            named += [(f"{at}.canaries.reference", d.canaries.reference)]
+            named += [(f"{at}.adapters[{j}].path", a.path) for j, a in enumerate(d.adapters)]
+        return [(key, path) for key, path in named if path is not None and not Path(path).exists()]
+
     def deployment(self, name: str) -> DeploymentConfig:
         """The configured deployment of that name (NotFound otherwise)."""
         for cfg in self.deployments:
@@ -289,16 +391,48 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
-        """Defaults < YAML file < environment < `overrides` (command-line flags; None means unset)."""
+        """Defaults < YAML file < environment < `overrides` (command-line flags; None means unset).
+
+        Raises ConfigError (a ValueError) naming the file and each bad key's path. The tokens file is
+        read where it is used (`serve` at start, before any model loads; `config check`), so offline
+        commands run with a production config on a machine without its secrets."""
         data: dict[str, Any] = {}
+        source = str(path) if path is not None else "settings"
         if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            try:
+                loaded = yaml.safe_load(Path(path).read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
             if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a mapping at the top level")
+                raise ConfigError(f"{path}: expected a mapping at the top level")
             data.update(loaded)
-        settings = cls(**data)
         flags = {k: v for k, v in overrides.items() if v is not None}
         unknown = set(flags) - set(cls.model_fields)
         if unknown:
-            raise ValueError(f"unknown setting(s): {sorted(unknown)}")
+            raise ConfigError(f"unknown setting(s): {sorted(unknown)}")
+        try:
+            settings = cls(**data)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, source, cls) from None
         return settings.model_copy(update=flags) if flags else settings
+
+
+SECRET_KEYS = frozenset({"sha256"})  # redacted wherever they appear in printed settings
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with every default filled in and secrets redacted (`config check`);
+    the tokens file's entries are shown under auth.tokens_file_entries."""
+    data = settings.model_dump(mode="json")
+    if settings.auth.tokens_file is not None:
+        from_file = settings.auth.all_tokens()[len(settings.auth.tokens) :]
+        data["auth"]["tokens_file_entries"] = [t.model_dump(mode="json") for t in from_file]
+    return _redact(data)
+
+
+def _redact(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: "<redacted>" if k in SECRET_KEYS else _redact(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v) for v in node]
+    return node

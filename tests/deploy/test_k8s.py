@@ -63,6 +63,14 @@ def test_tls_and_tokens_come_from_secrets(tmp_path):
     assert settings.auth.tokens_file.startswith(mounts["tokens"] + "/")
 
 
+def test_an_init_container_checks_the_served_config_with_the_same_mounts():
+    spec = load("deployment.yaml")["spec"]["template"]["spec"]
+    (check,), (server,) = spec["initContainers"], spec["containers"]
+    assert check["image"] == server["image"]
+    assert check["args"] == ["config", "check", server["args"][server["args"].index("--config") + 1]]
+    assert check["volumeMounts"] == server["volumeMounts"]  # it sees the TLS files and tokens serve reads
+
+
 def test_deployment_probes_gpu_and_drain():
     spec = load("deployment.yaml")["spec"]["template"]["spec"]
     container = spec["containers"][0]
@@ -108,6 +116,11 @@ def test_prometheusrule_is_generated_from_the_rule_files_and_passes_promtool(tmp
     )
     rule = load("prometheusrule.yaml")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    hosted = yaml.safe_load(module.render("https://docs.example.internal/latentguard/runbook/"))
+    urls = [
+        r["annotations"]["runbook_url"] for g in hosted["spec"]["groups"] for r in g["rules"] if "alert" in r
+    ]
+    assert urls and all(u.startswith("https://docs.example.internal/latentguard/runbook/#") for u in urls)
     groups = tmp_path / "groups.yml"
     groups.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     result = subprocess.run(["promtool", "check", "rules", str(groups)], capture_output=True, text=True)

@@ -49,7 +49,7 @@ def secured(pki):
     ca, server, _ = pki
     auth = AuthConfig(
         tokens=[
-            TokenConfig(name="ops", sha256=token_hash(FULL), inspect=True),
+            TokenConfig(name="ops", sha256=token_hash(FULL), deployments=["*"], inspect=True),
             TokenConfig(name="flux-client", sha256=token_hash(FLUX_ONLY), deployments=["tiny-flux"]),
         ]
     )
