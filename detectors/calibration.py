@@ -147,11 +147,20 @@ def reaching(
     return {name: s >= thresholds[name] for name, s in request_scores.items()}
 
 
-def joint_level(request_scores: dict[str, torch.Tensor], fpr: float, budget: int) -> float:
+def runs_needed(reaching_at_strictest: int, fpr: float, confidence: float) -> int:
+    """The fewest held-out runs whose union budget admits `reaching_at_strictest` flagged runs."""
+    n = max(1, math.ceil(reaching_at_strictest / fpr))
+    while union_budget(n, fpr, confidence) < reaching_at_strictest:
+        n += max(1, n // 50)
+    return n
+
+
+def joint_level(request_scores: dict[str, torch.Tensor], fpr: float, confidence: float) -> float:
     """The largest common per-detector level r / (n + 1) at which at most `budget` held-out runs
     reach any detector's threshold. At level r / (n + 1) each threshold is the detector's r-th
     largest held-out score, so r runs reach it; r goes up from 1 while the union stays in budget
-    (it only grows with r)."""
+    (it only grows with r). The budget is `union_budget(n, fpr, confidence)`."""
+    budget = union_budget(len(next(iter(request_scores.values()))), fpr, confidence)
     k = len(request_scores)
     n = len(next(iter(request_scores.values())))
     ordered = {name: s.sort(descending=True).values for name, s in request_scores.items()}
@@ -166,10 +175,13 @@ def joint_level(request_scores: dict[str, torch.Tensor], fpr: float, budget: int
             break
         best = r
     if best == 0:
+        strictest = union(1)
         raise CalibrationError(
-            f"{n} held-out benign runs cannot calibrate {k} detectors jointly at {fpr:.2%}: at the "
-            f"strictest thresholds more runs reach one than the budget of {budget} allows; need at "
-            f"least about {math.ceil(k / fpr)} (more prompts or seeds)"
+            f"{n} held-out benign runs cannot calibrate {k} detectors jointly at {fpr:.2%}: even at the "
+            f"strictest thresholds (each detector's highest held-out run) {strictest} runs are flagged, "
+            f"and {n} runs allow {budget} at {confidence:.0%} confidence; about "
+            f"{runs_needed(strictest, fpr, confidence)} held-out runs would allow {strictest} "
+            f"(more prompts or seeds)"
         )
     return best / (n + 1)
 
@@ -194,7 +206,7 @@ def calibrate_detectors(
     request_scores = {n: d.trajectory_scores(cal_set, sigmas).amax(dim=1) for n, d in learned.items()}
     n_cal = int(cal_set.mean.shape[0])
     budget = union_budget(n_cal, fpr, confidence)
-    alpha = joint_level(request_scores, fpr, budget)
+    alpha = joint_level(request_scores, fpr, confidence)
     for name, det in learned.items():
         det.threshold = conformal_threshold(request_scores[name], alpha)
     reached = reaching(request_scores, {name: det.threshold for name, det in learned.items()})

@@ -70,8 +70,28 @@ def test_union_budget_is_the_binomial_lower_tail():
 
 
 def test_too_few_calibration_runs_is_a_clear_error():
-    with pytest.raises(CalibrationError, match="need at least"):
+    with pytest.raises(CalibrationError, match="held-out runs would allow"):
         calibrate_detectors(benign(50, 1), benign(50, 2), SIGMAS, fpr=0.01)
+
+
+def test_the_runs_the_error_asks_for_are_enough():
+    """Independent detectors: their highest held-out runs are k different runs, so n >= k / fpr is not
+    enough at 90% confidence; the message names a count whose budget does admit them."""
+    import re
+
+    from latentguard.detectors.calibration import joint_level
+
+    k, fpr = 10, 0.01
+    scores = lambda n, seed: dict(  # noqa: E731
+        zip(map(str, range(k)), torch.rand(k, n, generator=torch.Generator().manual_seed(seed)), strict=True)
+    )
+    with pytest.raises(CalibrationError) as info:
+        joint_level(scores(1067, 0), fpr, 0.9)
+    message = str(info.value)
+    assert "10 runs are flagged, and 1067 runs allow" in message
+    needed = int(re.search(r"about (\d+) held-out runs would allow 10", message).group(1))
+    assert needed > 1067 and union_budget(needed, fpr, 0.9) >= 10 > union_budget(needed - 30, fpr, 0.9)
+    assert joint_level(scores(needed, 1), fpr, 0.9) > 0
     with pytest.raises(CalibrationError, match=r"\(0, 1\)"):
         calibrate_detectors(benign(50, 1), benign(50, 2), SIGMAS, fpr=0.0)
 
