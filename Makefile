@@ -14,14 +14,14 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint profiles eval eval-fpr eval-drift bench protos promtool clean train quality soak kernels-aot
+.PHONY: install demo test lint docs profiles eval eval-fpr eval-drift bench protos promtool clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch first (pinned: an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,6 +52,11 @@ promtool:
 
 test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool
 	$(BIN)/python -P -m pytest -q
+
+## docs: regenerate the reference pages and tables, then serve the docs site on http://127.0.0.1:8000
+docs: $(STAMP)
+	$(BIN)/python -P docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -102,7 +107,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ray.py
 
 clean:
-	rm -rf $(VENV) $(PROTOC_VENV) $(TRITON_VENV) out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PROTOC_VENV) $(TRITON_VENV) out site .pytest_cache .ruff_cache .mypy_cache
 
 ## protos: regenerate the Python gRPC code next to the .proto sources
 protos: $(PROTOC_STAMP)

@@ -12,7 +12,7 @@ the named ninth). The same instrument on the ground-truth renders of the same ca
 its own accuracy.
 Also: the wall time of one 12-step 256 x 256 request (median of 9), guard and decode included.
 
-Writes evaluation/builtin-quality.{md,json}, a sample grid evaluation/builtin-samples.png, and the
+Writes evaluation/builtin-quality.{md,json}, a sample grid docs/assets/builtin-samples.png, and the
 model card server/pipelines/builtin/README.md (training figures from training.json next to it).
 """
 
@@ -117,7 +117,7 @@ def main() -> None:
         )
     (HERE / "builtin-quality.json").write_text(json.dumps(results, indent=1) + "\n")
     shown = captions[:10]
-    grid(samples, shown).save(HERE / "builtin-samples.png")
+    grid(samples, shown).save(HERE.parent / "docs" / "assets" / "builtin-samples.png")
     (HERE / "builtin-quality.md").write_text(
         table(results, args.deployments.split(",")) + "\n" + legend(shown)
     )
@@ -152,7 +152,7 @@ def table(results: dict, names: list[str]) -> str:
 
 def legend(captions: list[str]) -> str:
     return (
-        "Sample grid (evaluation/builtin-samples.png), top row the ground-truth render, "
+        "Sample grid (docs/assets/builtin-samples.png), top row the ground-truth render, "
         "then one row per model:\n\n" + "\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions)) + "\n"
     )
 

@@ -390,6 +390,10 @@ def export(work: Path, plan: Plan) -> None:
         pipe.register_modules(**modules)
         target = plan.export_to / f"tiny-{family}"
         pipe.save_pretrained(target, safe_serialization=True)
+        for config in target.rglob("config.json"):  # from_pretrained records this machine's work folder
+            data = json.loads(config.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         summary[f"{family}_losses"] = json.loads((work / f"{family}_losses.json").read_text())
         console.print(f"export: wrote {target}")
     (plan.export_to / "training.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import yaml
 
+from .script_loader import load_script
+
 PROM = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+RUNBOOK = PROM.parents[1] / "docs" / "operations" / "runbook.md"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
 
 
@@ -40,12 +43,14 @@ def test_alert_unit_tests_pass():
 
 def test_every_alert_is_unit_tested_and_documented():
     tested = "\n".join(p.read_text() for p in (PROM / "tests").glob("*_test.yml"))
-    runbook = (PROM / "RUNBOOK.md").read_text()
+    runbook = RUNBOOK.read_text()
+    base = load_script(PROM.parent / "k8s" / "generate_prometheusrule.py").RUNBOOK_BASE
+    assert base.endswith("/operations/runbook/")  # mkdocs' address of docs/operations/runbook.md
     sections = {h.lower() for h in re.findall(r"^## (\w+)$", runbook, re.M)}
     for rule in alerts():
         name = rule["alert"]
         assert f"alertname: {name}" in tested, f"{name} has no promtool unit test"
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
-        assert rule["annotations"]["runbook_url"].endswith(f"RUNBOOK.md#{name.lower()}"), name
-        assert name.lower() in sections, f"{name} has no RUNBOOK.md section"
+        assert rule["annotations"]["runbook_url"] == f"{base}#{name.lower()}", name
+        assert name.lower() in sections, f"{name} has no section in docs/operations/runbook.md"
         assert rule["labels"]["severity"] in {"page", "ticket"}, name

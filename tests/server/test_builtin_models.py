@@ -34,6 +34,8 @@ def test_a_shipped_model_is_a_diffusers_folder_of_safetensors(name):
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     total = sum(p.stat().st_size for p in builtin_folder("tiny-sd3").parent.rglob("*") if p.is_file())
     assert total <= 30 * 2**20, total
+    for config in folder.rglob("*.json"):  # no path of the machine that trained it
+        assert "_name_or_path" not in json.loads(config.read_text()), config
 
 
 # Floors for these 24 captions (background, foreground colour, position of the 15 that place their shape),
