@@ -148,3 +148,10 @@ class TrajectoryStats:
 
 #: The fields every backend computes from the tensor (the others come from the attention probes).
 LATENT_FIELDS = tuple(f.name for f in fields(TrajectoryStats) if f.default is MISSING)
+
+
+def oracle_tolerance(field: str) -> float:
+    """rtol = atol within which a backend's statistic equals the float64 oracle's on the same input
+    values (the interpreter tests and benchmarks/gpu_check.py both hold the kernel to it): sr_peak is
+    the log of small spectral bins, so float32 rounding shows more there."""
+    return 5e-4 if field == "sr_peak" else 2e-5

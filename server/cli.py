@@ -57,7 +57,10 @@ def _client_tls(ca: Path | None, cert: Path | None, key: Path | None):
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    # soft_wrap: one line per problem, however long, so that grep and log collectors see it whole
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 

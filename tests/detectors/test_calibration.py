@@ -26,11 +26,14 @@ def test_joint_calibration_holds_the_union_rate_on_held_out_runs():
     assert 0.7 * fpr <= union_on(dets, test) <= fpr * 1.05
     assert abs(union_on(dets, test) - report.calibration_union_fpr) < 0.1 * fpr
     assert report.calibration_fpr["non_finite"] == 0.0
-    for alpha, inside in ((fpr / len(learned), False), (fpr, False)):
+    shortcuts = {}
+    for alpha in (fpr / len(learned), fpr):
         for det in learned.values():
             det.threshold = conformal_threshold(det.trajectory_scores(cal, SIGMAS).amax(dim=1), alpha)
-        union = union_on(dets, test)
-        assert (0.7 * fpr <= union <= fpr * 1.05) == inside, (alpha, union)
+        shortcuts[alpha] = union_on(dets, test)
+    # fpr / k each is needlessly strict (correlated detectors overlap), fpr each too loose (they add up)
+    assert shortcuts[fpr / len(learned)] < 0.7 * fpr, shortcuts
+    assert shortcuts[fpr] > 1.05 * fpr, shortcuts
 
 
 def test_held_out_count_is_the_rate_a_new_run_sees():

@@ -64,16 +64,45 @@ def test_each_kind_does_what_it_says():
     assert int(torch.isnan(nan).sum()) == round(0.01 * 3 * 32 * 32)
 
 
+def held_tensors(obj, seen=None) -> list[torch.Tensor]:
+    """Every tensor reachable from obj's attributes, lists, tuples, dicts and dataclass fields."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, list | tuple):
+        children = list(obj)
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif hasattr(obj, "__dict__"):
+        children = list(vars(obj).values())
+    else:
+        return []
+    return [t for child in children for t in held_tensors(child, seen)]
+
+
 def test_monitor_keeps_only_per_step_stats():
-    noise = torch.randn(1, 4, 8, 8)
-    sigmas = [1.0, 0.5, 0.0]
+    """Per step it keeps statistics ([B, C] and small profiles), never the latents: what it holds of
+    latent size is the last step's latents and x0_hat (needed for the next step) and the initial noise,
+    however many steps it has seen."""
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(1, 4, 32, 32, generator=g)
+    sigmas = torch.linspace(1.0, 0.0, 11).tolist()
     mon = TrajectoryMonitor(noise, sigmas, backend="reference")
-    mon.observe(0, noise * 0.5)
+    mon.observe(0, noise * 0.9)
     with pytest.raises(ValueError, match="in order"):
         mon.observe(0, noise)
-    mon.observe(1, noise * 0.1)
+    large = lambda: [t for t in held_tensors(mon) if t.numel() >= noise.numel() // 4]  # noqa: E731
+    after_one = len(large())
+    for step in range(1, 10):
+        mon.observe(step, noise * (0.9 - 0.09 * step) + 0.01 * torch.randn(noise.shape, generator=g))
+    assert len(large()) == after_one <= 3
+    per_step = [t for stats in mon.series for t in held_tensors(stats)]
+    assert per_step and max(t.numel() for t in per_step) < noise.numel() // 4
     stacked = mon.stacked()
-    assert stacked.var.shape == (1, 2, 4) and math.isfinite(float(stacked.var.sum()))
+    assert stacked.var.shape == (1, 10, 4) and math.isfinite(float(stacked.var.sum()))
 
 
 def test_monitor_compares_each_estimate_with_the_one_before():

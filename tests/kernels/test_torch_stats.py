@@ -74,12 +74,20 @@ def test_low_precision_inputs_equal_the_upcast_values(dtype):
     torch.testing.assert_close(got.hf_ratio.double(), want["hf_ratio"], rtol=1e-4, atol=1e-5)
 
 
-def test_packed_int4_input_equals_its_unpacked_values():
+def test_packed_int4_input_equals_the_oracle_on_its_unpacked_values():
+    """Statistics of packed int4 latents are those of the values they stand for: the float64 oracle on
+    the dequantized tensor (the one pack/unpack pair, whose nibble order and scales test_packing.py
+    checks by hand), and that tensor is the input within int4's quantisation noise."""
     x = torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(4))
     packed = pack_int4(x)
-    got, want = trajectory_stats(packed), trajectory_stats(unpack_int4(packed))
-    for name, expected in want.as_dict().items():
-        torch.testing.assert_close(getattr(got, name), expected, msg=name)
+    values = unpack_int4(packed)
+    sqnr_db = 10 * torch.log10(x.pow(2).sum() / (x - values).pow(2).sum())
+    assert sqnr_db > 15, sqnr_db  # 4 bits with a scale per group: about 20 dB on Gaussian data
+    got, want = trajectory_stats(packed), oracle(values)
+    for name, expected in want.items():
+        actual = getattr(got, name).double()
+        tol = 2e-3 if name == "sr_peak" else 1e-4
+        torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=tol, atol=tol, msg=name)
 
 
 def test_backend_choice_is_explicit(monkeypatch):
@@ -157,8 +165,6 @@ CHANGE_FIELDS = {"change_flatness": "hf_flatness", "change_crest": "crest"}
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_previous_sets_the_change_fields_and_leaves_the_rest(backend):
-    if backend == "triton":
-        pytest.importorskip("triton")  # run in its interpreter (conftest)
     g = torch.Generator().manual_seed(3)
     previous = torch.nn.functional.avg_pool2d(torch.randn(2, 3, 17, 24, generator=g), 3, 1, 1)
     x = (previous * 1.1 + 0.2).to(torch.bfloat16)
@@ -205,8 +211,6 @@ def test_isolation_finds_a_stuck_value_that_the_scene_hides(backend):
     content is in a latent; a stuck value of half its height is alone among its neighbours: the most
     isolated value of every channel, at the same place. In the clean scene the channels' most
     isolated values sit in different places."""
-    if backend == "triton":
-        pytest.importorskip("triton")  # run in its interpreter (conftest)
     g = torch.Generator().manual_seed(6)
     scene = 0.05 * torch.randn(1, 4, 32, 32, generator=g)
     i, j = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")

@@ -41,8 +41,14 @@ def test_int4_diverges_more_than_fp8(source):
     final = {name: r.divergence[-1]["x0_rel_l2"]["mean"] for name, r in (("fp8", fp8), ("int4", int4))}
     assert 0 < final["fp8"] < final["int4"], final
     assert fp8.images["psnr_db"]["mean"] > int4.images["psnr_db"]["mean"] > 20
-    for r in (fp8, int4):  # the verdict is exactly "every gate passed"
-        assert r.acceptable == all(g["passed"] for g in r.gates)
+    passed = {
+        name: {g["gate"].split(" (")[0]: g["passed"] for g in r.gates}
+        for name, r in (("fp8", fp8), ("int4", int4))
+    }
+    # FP8 keeps the picture; int4 moves x0_hat past the 0.25 gate and the verdict follows it
+    assert passed["fp8"]["final x0_hat divergence"] and passed["fp8"]["final image PSNR"]
+    assert passed["fp8"]["final image SSIM"]
+    assert not passed["int4"]["final x0_hat divergence"] and not int4.acceptable
     assert int4.cost["candidate"]["transformer_weights_mb"] < fp8.cost["candidate"]["transformer_weights_mb"]
     assert fp8.cost["candidate"]["transformer_weights_mb"] < fp8.cost["baseline"]["transformer_weights_mb"]
 

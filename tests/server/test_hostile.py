@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 
 import grpc
 import psutil
@@ -56,6 +57,7 @@ def server():
         connections=ConnectionLimits(inspect_idle_seconds=1.0),
     ).model_copy(update={"deployments": small})
     srv = ServerThread(settings).start()
+    srv.rss_before = psutil.Process().memory_info().rss  # the server runs in this process, warm
     yield srv
     srv.stop()
 
@@ -186,16 +188,43 @@ def test_messages_around_the_size_limit(server, stub):
     assert outcome(lambda: list(stub.Inspect(iter([under]), timeout=60))) == "INVALID_ARGUMENT"
 
 
+def rss_after(calls: Callable[[], None], rounds: int) -> int:
+    for _ in range(rounds):
+        calls()
+    return psutil.Process().memory_info().rss
+
+
 def test_after_the_fuzzing_the_server_serves_and_its_memory_is_bounded(server, stub):
+    """The server runs in this process. Its RSS after the fuzzing is printed against the warm baseline
+    (the allocator keeps what the largest fuzzed messages took); the bound is on what further calls
+    add once that has settled: a leak grows with every call, a high-water mark does not."""
     rss = psutil.Process().memory_info().rss
     ok = stub.Generate(
         pb.GenerateRequest(deployment="tiny-sd3", prompt="a red circle on a blue background"), timeout=60
     )
     assert ok.report.steps_run == 3 and serving(server)
     calls = sum(TALLY.values())
-    print(f"\nfuzzing: {calls} calls, RSS {rss / 2**20:.0f} MB after, statuses {dict(sorted(TALLY.items()))}")
-    assert rss < 6 * 2**30, rss
+    print(
+        f"\nfuzzing: {calls} calls, RSS {server.rss_before / 2**20:.0f} MB warm, {rss / 2**20:.0f} MB after,"
+        f" statuses {dict(sorted(TALLY.items()))}"
+    )
     assert calls >= EXAMPLES
+    frame = pb.InspectFrame(
+        deployment="tiny-sd3", sigmas=[1.0, 0.0], step=-1, latents=bytes(4 * 16 * 64 * 64), dtype="float32"
+    )
+    request = pb.GenerateRequest(deployment="tiny-sd3", prompt="a red circle on a blue background")
+
+    def mixed() -> None:  # a valid request, a valid stream, and a large frame refused (no shape)
+        stub.Generate(request, timeout=60)
+        list(stub.GenerateStream(request, timeout=60))
+        outcome(lambda: list(stub.Inspect(iter([frame]), timeout=60)))
+
+    settled = rss_after(mixed, 20)
+    grown = rss_after(mixed, 100) - settled
+    print(f"memory: {settled / 2**20:.0f} MB settled, +{grown / 2**20:.1f} MB over 100 more rounds")
+    # measured: -28 MB (the allocator gives back); a server that kept each refused frame (256 KiB)
+    # would add 25 MB here
+    assert grown < 16 * 2**20, grown
 
 
 def test_overload_at_4x_capacity_refuses_the_excess_at_once(server, stub):
@@ -244,15 +273,20 @@ def test_a_detector_that_raises_follows_its_policy(server, stub, monkeypatch, on
     def broken(*args, **kwargs):
         raise RuntimeError("detector bug")
 
+    request = pb.GenerateRequest(deployment="tiny-sd3", prompt="a red circle on a blue background", seed=5)
+    clean = stub.Generate(request, timeout=60).report
+    others = {d.name for d in clean.detectors if d.flagged} - {name}
     monkeypatch.setattr(dep.detectors[name], "step_score", broken)
     monkeypatch.setitem(dep.policies, name, DetectorPolicy(on_error=on_error))
-    report = stub.Generate(
-        pb.GenerateRequest(deployment="tiny-sd3", prompt="a red circle on a blue background"), timeout=60
-    ).report
+    report = stub.Generate(request, timeout=60).report
     failed = {d.name: d for d in report.detectors}[name]
     assert "detector bug" in failed.error and serving(server)
-    assert failed.flagged == (on_error == OnError.FAIL_CLOSED)
-    assert report.verdict == ("flag" if on_error == OnError.FAIL_CLOSED else report.verdict)
+    flagged = {d.name for d in report.detectors if d.flagged}
+    if on_error == OnError.FAIL_CLOSED:
+        assert failed.flagged and report.verdict == "flag" and flagged == others | {name}
+    else:  # the broken detector drops out; the others decide exactly as they did without the fault
+        assert not failed.flagged and flagged == others
+        assert report.verdict == ("flag" if others else "pass")
 
 
 def test_a_silent_inspect_stream_is_closed_and_its_slot_comes_back(server, stub):

@@ -46,7 +46,7 @@ ANNOTATE = {
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A 4-step tiny-sd3's drift reference (window 8) and canaries, and a strong LoRA for it."""
+    """A 12-step tiny-sd3 (STEPS)'s drift reference (window 8) and canaries, and a strong LoRA for it."""
     tmp = tmp_path_factory.mktemp("signals")
     cfg = DeploymentConfig(name="base", model="tiny-sd3", family="sd3", steps=STEPS, max_sequence_length=32)
     dep = load_deployment(cfg, with_profile=False)

@@ -39,4 +39,4 @@ def test_a_malformed_config_names_the_field(tmp_path):
     cfg.write_text("deployments: [{name: a, model: tiny-sd3, family: sd3, steps: -1}]\n")
     proc = serve("--config", str(cfg))
     assert proc.returncode == 2
-    assert "deployments.0.steps" in proc.stderr and "greater than or equal to 1" in proc.stderr
+    assert f"{cfg}: deployments[0].steps: Input should be greater than or equal to 1" in proc.stderr
