@@ -18,6 +18,15 @@ import torch
 from latentguard.detectors.base import Detector
 from latentguard.kernels import TrajectoryStats
 
+BLIND = (
+    "no attention statistics this step: the attention probes saw no scaled_dot_product_attention call "
+    "(an attention backend other than native SDPA); the server log names the block"
+)
+
+
+class ProbesUnavailable(RuntimeError):
+    """The step's stats carry no attention statistics although this detector was calibrated with them."""
+
 
 class AttentionEntropy(Detector):
     name = "attention_entropy"
@@ -26,7 +35,8 @@ class AttentionEntropy(Detector):
     requires = ("attn_entropy",)
 
     def feature(self, stats: TrajectoryStats) -> torch.Tensor:
-        assert stats.attn_entropy is not None, "attention_entropy needs the attention probes"
+        if stats.attn_entropy is None:
+            raise ProbesUnavailable(BLIND)
         return stats.attn_entropy.double()
 
 
@@ -37,5 +47,6 @@ class AttentionRank(Detector):
     requires = ("attn_rank",)
 
     def feature(self, stats: TrajectoryStats) -> torch.Tensor:
-        assert stats.attn_rank is not None, "attention_rank needs the attention probes"
+        if stats.attn_rank is None:
+            raise ProbesUnavailable(BLIND)
         return torch.log(stats.attn_rank.double().clamp_min(1e-12))

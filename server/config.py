@@ -169,6 +169,13 @@ class CanaryConfig(StrictModel):
     tolerance: float = Field(1e-3, gt=0)
 
 
+class CompileConfig(StrictModel):
+    """torch.compile of the deployment's transformer, at load (the first requests pay the compile)."""
+
+    mode: Literal["off", "full", "regional"] = "off"  # regional: each repeated transformer block
+    backend: str = "inductor"  # torch.compile backend (tests use "eager": the graph capture alone)
+
+
 class DeploymentConfig(StrictModel):
     name: str
     model: str  # "tiny-sd3" | "tiny-flux" | a local diffusers folder | a hub id
@@ -196,6 +203,11 @@ class DeploymentConfig(StrictModel):
     # goes away (costs a second run per flagged request)
     attribution: bool = False
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    # diffusers' attention backend for the transformer (set_attention_backend: native, _native_math,
+    # flash, sage, xformers, flex, ...); None: the model's default. The probes read backends that call
+    # scaled_dot_product_attention; with others the attention detectors fail open (logged, counted)
+    attention_backend: str | None = None
+    compile: CompileConfig = Field(default_factory=lambda: CompileConfig())
     drift: DriftConfig = Field(default_factory=DriftConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
 
@@ -210,6 +222,12 @@ class DeploymentConfig(StrictModel):
             raise ValueError("attribution replays requests without the adapters: list at least one adapter")
         if self.true_cfg_scale > 1 and self.family != "flux":
             raise ValueError("true_cfg_scale is FLUX's; SD3 pipelines guide with guidance_scale")
+        if self.attention_backend is not None:
+            from diffusers.models.attention_dispatch import AttentionBackendName
+
+            known = [b.value for b in AttentionBackendName]
+            if self.attention_backend not in known:
+                raise ValueError(f"attention_backend {self.attention_backend!r} is not one of {known}")
         unknown = set(self.policies) - set(DETECTOR_NAMES)
         if unknown:
             raise ValueError(
@@ -347,6 +365,14 @@ class Settings(BaseSettings):
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ValueError(f"deployment names must be unique, got {names}")
+        runtime: dict[str, tuple] = {}  # deployments of one model share its loaded transformer
+        for d in self.deployments:
+            mine = (d.attention_backend, d.compile.mode, d.compile.backend)
+            if runtime.setdefault(d.model, mine) != mine:
+                raise ValueError(
+                    f"deployment {d.name}: deployments of model {d.model} share its transformer, so they "
+                    "must agree on attention_backend and compile"
+                )
         for d in self.deployments:
             if d.baseline is not None and (d.baseline not in names or d.baseline == d.name):
                 raise ValueError(f"deployment {d.name}: baseline {d.baseline!r} must name another deployment")

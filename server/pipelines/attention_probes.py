@@ -10,10 +10,17 @@ its query and key: the probe reads what the model attended with (FLUX's rotary e
 norms included) without re-implementing either processor. It records only on a thread that has
 opened a `Recording` (the runner, around one pipeline call), so a transformer shared by several
 deployments, or a run without probes, pays one thread-local lookup per probed block.
+
+Attention backends that do not go through scaled_dot_product_attention (diffusers' `flex`, flash,
+sage, xformers kernels) leave the probe blind. Then the step has no attention statistics, the log says
+why once per block, and the attention detectors fail open with that reason in the report and in
+`latentguard_detector_errors_total` (their on_error policy decides): never a silent nothing. Under
+torch.compile the probed blocks' attention runs eagerly, so the probes keep recording.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +35,7 @@ from latentguard.server.pipelines.families import Pipeline
 
 DEFAULT_BLOCKS = 4
 _local = threading.local()
+log = logging.getLogger(__name__)
 
 
 def default_layers(blocks: int) -> list[int]:
@@ -47,7 +55,7 @@ class Recording:
 
     def __init__(self, batch: int, layers: list[int], max_tokens: int):
         self.batch, self.layers, self.max_tokens = batch, layers, max_tokens
-        self.values: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
+        self.values: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None] = {}
 
     def rows(self, layer: int, batch: int) -> slice | None:
         """Which rows of a block's batch to probe; None: not this block (a transformer shared with a
@@ -63,12 +71,20 @@ class Recording:
         """Query [B, H, Q, D], text keys [B, H, T, D], image-token output [B, N, width] of one block."""
         self.values[layer] = (query, key, tokens, scale)  # on the model's device until `take`
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, L] entropy, [B, L] rank) of the step just run, blocks in `layers` order; then clear."""
+    def blind(self, layer: int) -> None:
+        """The block ran but its attention did not go through scaled_dot_product_attention."""
+        self.values[layer] = None
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """([B, L] entropy, [B, L] rank) of the step just run, blocks in `layers` order, then clear;
+        None when a probe was blind this step (the attention detectors then fail open)."""
         missing = [i for i in self.layers if i not in self.values]
         if missing:
             raise RuntimeError(f"attention probes: blocks {missing} did not run this step")
-        query, key, tokens, scale = zip(*(self.values.pop(i) for i in self.layers), strict=True)
+        taken = [self.values.pop(i) for i in self.layers]
+        if any(v is None for v in taken):
+            return None
+        query, key, tokens, scale = zip(*taken, strict=True)  # type: ignore[misc]
         with torch.inference_mode():
             shapes = {(q.shape, k.shape, s) for q, k, s in zip(query, key, scale, strict=True)}
             if len(shapes) == 1:
@@ -117,6 +133,10 @@ class ProbeProcessor:
     def __init__(self, inner: Any, layer: int, text_first: bool):
         self.inner, self.layer, self.text_first = inner, layer, text_first
 
+    # Under torch.compile the probed blocks' attention runs eagerly (a graph break each): dynamo
+    # cannot trace the TorchFunctionMode that watches the call, and a probe that sees nothing is no
+    # probe. The rest of the model, the other blocks' attention included, stays compiled.
+    @torch.compiler.disable
     def __call__(
         self,
         attn: torch.nn.Module,
@@ -132,7 +152,17 @@ class ProbeProcessor:
         with _AttentionInputs() as seen:
             out = self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
         if seen.query is None or seen.key is None:
-            raise RuntimeError(f"attention probe on block {self.layer}: no scaled_dot_product_attention call")
+            if not getattr(self, "warned", False):
+                self.warned = True
+                log.warning(
+                    "attention probe on block %d is blind: %s made no scaled_dot_product_attention call "
+                    "(an attention backend other than native SDPA?); attention_entropy and attention_rank "
+                    "fail open while it is so",
+                    self.layer,
+                    type(self.inner).__name__,
+                )
+            rec.blind(self.layer)
+            return out
         images, texts = hidden_states.shape[1], encoder_hidden_states.shape[1]
         first_image = texts if self.text_first else 0
         first_text = 0 if self.text_first else images

@@ -120,6 +120,7 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
     variants."""
     if config.variant == "nf4":
         pipe = _load_nf4(config, device)
+        apply_runtime(pipe.transformer, config)
     else:
         dtype = compute_dtype(config.variant, device)
         if config.model in BUILTIN_MODELS:
@@ -134,6 +135,7 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
             transformer = quantize_transformer(copy.deepcopy(base.transformer), config.variant)
         elif config.adapters:
             transformer = copy.deepcopy(base.transformer)
+        apply_runtime(transformer, config)
         cls = FAMILIES[config.family].pipeline_class
         names = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
         shared = {k: getattr(base, k, None) for k in names}
@@ -146,6 +148,27 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
         apply_adapters(pipe, config.adapters, config.name)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def apply_runtime(transformer: torch.nn.Module, config: DeploymentConfig) -> None:
+    """The deployment's attention backend and torch.compile, once per loaded transformer (deployments
+    sharing it agree: config.Settings checks). Compiling is in place (`Module.compile`), so the
+    state_dict, the fingerprint and the attention probes see the same module; it happens lazily, at
+    the first request (the warm-up's, when on)."""
+    wanted = (config.attention_backend, config.compile.mode, config.compile.backend)
+    if getattr(transformer, "_latentguard_runtime", None) == wanted:
+        return
+    if config.attention_backend is not None:
+        transformer.set_attention_backend(config.attention_backend)
+    if config.compile.mode == "full":
+        transformer.compile(backend=config.compile.backend)
+    elif config.compile.mode == "regional":
+        if getattr(transformer, "_repeated_blocks", None):  # diffusers' regional compilation (FLUX)
+            transformer.compile_repeated_blocks(backend=config.compile.backend)
+        else:  # models that declare no repeated blocks (SD3): each transformer block on its own
+            for block in transformer.transformer_blocks:
+                block.compile(backend=config.compile.backend)
+    transformer._latentguard_runtime = wanted
 
 
 def fingerprint(pipe: Pipeline) -> str:
