@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint docs profiles eval eval-fpr eval-drift bench protos promtool clean train quality soak kernels-aot
+.PHONY: install demo test lint docs gpu-check profiles eval eval-fpr eval-drift bench protos promtool clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -98,6 +98,10 @@ eval-fpr: $(STAMP)
 ## eval-drift: fleet drift on the built-ins: false alarms, and which model changes are caught how fast
 eval-drift: $(STAMP)
 	$(BIN)/python evaluation/evaluate_drift.py
+
+## gpu-check: the one-shot GPU check (<= 8 min on one GPU) -> benchmarks/gpu-check.{json,md}, a row in gpu_check.csv
+gpu-check: $(STAMP)
+	$(BIN)/python -P benchmarks/gpu_check.py --out benchmarks/gpu-check.json
 
 ## bench: kernel benchmarks (CPU always; GPU rows when CUDA is present), service, shadow mode, Ray
 bench: $(STAMP)

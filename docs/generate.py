@@ -399,8 +399,10 @@ def benchmarks_page() -> str:
         "The newest row per device of each committed benchmark CSV (every run appends a row with device,",
         "commit and date); empty columns were not measured by that run. `make bench` measures them again.\n",
     ]
-    for name in ("results", "kernels", "shadow", "ray"):
+    for name in ("results", "kernels", "shadow", "ray", "gpu_check"):
         path = ROOT / "benchmarks" / f"{name}.csv"
+        if not path.exists():  # gpu_check.csv: written the first time `make gpu-check` runs on a GPU
+            continue
         columns, rows = latest_rows(path)
         body.append(f"## `benchmarks/{name}.csv`\n")
         for row in rows:
