@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(help="latentguard: a guardrail for SD3 / FLUX.1 diffusion pipelines.", no_args_is_help=True)
@@ -34,6 +41,8 @@ def _progress() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
     )
 
@@ -671,6 +680,78 @@ def token_hash_command(
         "inspect": inspect,
     }
     print(yaml.safe_dump([entry], sort_keys=False), end="")
+
+
+@app.command()
+def init(
+    model: Annotated[Path, typer.Option(help="Your diffusers folder (safetensors).")],
+    family: Annotated[str, typer.Option(help="sd3 (SD3, SD3.5) or flux (FLUX.1).")],
+    out: Annotated[Path, typer.Option(help="Config to write; the profile and references go beside it.")],
+    name: Annotated[str, typer.Option(help="Deployment name (default: the folder's name).")] = "",
+    prompts: Prompts = None,
+    seeds: Seeds = 2,
+    fpr: Fpr = 0.01,
+    confidence: Confidence = 0.9,
+    steps: Annotated[int, typer.Option(help="Denoising steps served (calibration holds for these).")] = 28,
+    width: Annotated[int, typer.Option(help="Image width served.")] = 1024,
+    height: Annotated[int, typer.Option(help="Image height served.")] = 1024,
+    guidance_scale: Annotated[
+        float, typer.Option(help="Guidance served (FLUX.1-dev: its distilled guidance, e.g. 3.5).")
+    ] = 4.5,
+    classifier: Annotated[bool, typer.Option(help="Also train the learned classifier.")] = True,
+    device: Annotated[str, typer.Option(help="Where to run the model (cuda, cpu).")] = "cpu",
+    batch_size: BatchSize = 8,
+    null_windows: Annotated[
+        int, typer.Option(help="Resampled benign windows the drift thresholds come from.")
+    ] = 50_000,
+) -> None:
+    """Write a config for your model folder and calibrate it: profile, classifier, drift reference and
+    canaries, with progress and an ETA. Then `latentguard serve --config OUT` serves it guarded."""
+    _quiet_libraries()
+    from latentguard.server.config import DeploymentConfig
+    from latentguard.server.errors import LatentguardError
+    from latentguard.server.offline import init as initialisation
+    from latentguard.server.offline.trajectories import default_prompts, read_prompts
+
+    try:
+        if family not in ("sd3", "flux"):
+            raise ValueError(f"--family must be sd3 or flux, not {family!r}")
+        dep_config = DeploymentConfig(
+            name=name or model.name,
+            model=str(model.resolve()),
+            family=family,  # type: ignore[arg-type]
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+        )
+        prompt_list = read_prompts(prompts) if prompts else default_prompts("calibration")
+        planned = initialisation.plan(dep_config, prompt_list, seeds, fpr, confidence, classifier)
+        console.print(planned.explain(fpr, confidence))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _progress() as bar:
+
+            def stage(what: str, total: int):
+                task = bar.add_task(what, total=total)
+                return lambda n: bar.advance(task, n)
+
+            profile = initialisation.initialise(
+                dep_config,
+                out,
+                prompt_list,
+                seeds=seeds,
+                fpr=fpr,
+                confidence=confidence,
+                classifier=classifier,
+                device=device,
+                batch_size=batch_size,
+                stage=stage,
+                null_windows=null_windows,
+            )
+    except (LatentguardError, ValueError, OSError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out} and {profile} (with its drift reference and canaries)")
+    console.print(f"serve it guarded: latentguard serve --config {out}")
 
 
 config_app = typer.Typer(help="Check a config before rolling it out.", no_args_is_help=True)

@@ -131,6 +131,32 @@ def test_the_cli_calibrates_a_users_folder_with_its_defaults(name, folders, tmp_
     assert all(s.attention_entropy is not None for s in report.steps)
 
 
+def test_init_writes_a_config_that_serves_the_folder_guarded(folders, tmp_path):
+    """`latentguard init` on a FLUX.1-dev-like folder (a small prompt set and a loose target, so that it
+    takes seconds): the config it writes loads the folder with its profile, drift reference and
+    canaries, and a request is guarded by every detector with attention statistics at every step."""
+    from typer.testing import CliRunner
+
+    from latentguard.server.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(default_prompts("calibration")[:260]) + "\n")
+    out = tmp_path / "deploy" / "config.yaml"
+    args = ["init", "--model", folders["flux.1-dev"], "--family", "flux", "--out", str(out)]
+    args += ["--prompts", str(prompts), "--seeds", "1", "--fpr", "0.2", "--steps", str(STEPS)]
+    args += ["--width", str(SIDE), "--height", str(SIDE), "--guidance-scale", "3.5", "--no-classifier"]
+    result = CliRunner().invoke(app, [*args, "--null-windows", "100"])
+    assert result.exit_code == 0, result.output
+    assert "260 calibration runs and 260 drift-reference runs" in " ".join(result.output.split())
+    settings = Settings.load(out)
+    (cfg,) = settings.deployments
+    dep = load_deployment(cfg)
+    assert dep.profile is not None and dep.drift is not None and dep.canaries is not None
+    report = generate(dep)
+    assert {d.name for d in report.detectors} == set(dep.detectors) and "attention_entropy" in dep.detectors
+    assert all(s.attention_entropy is not None for s in report.steps)
+
+
 def test_a_softmax_scale_fault_after_the_qk_norm_moves_the_attention_statistics(folders):
     """SD3.5's q/k RMS-norm undoes a scale put on the queries before it (the images stay the same);
     after it, the softmax sees sharper attention, and so do the probes, which read the inputs of
