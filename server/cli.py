@@ -719,7 +719,7 @@ def init(
         dep_config = DeploymentConfig(
             name=name or model.name,
             model=str(model.resolve()),
-            family=family,  # type: ignore[arg-type]
+            family=family,
             steps=steps,
             width=width,
             height=height,

@@ -84,7 +84,7 @@ class Recording:
         taken = [self.values.pop(i) for i in self.layers]
         if any(v is None for v in taken):
             return None
-        query, key, tokens, scale = zip(*taken, strict=True)  # type: ignore[misc]
+        query, key, tokens, scale = zip(*taken, strict=True)
         with torch.inference_mode():
             shapes = {(q.shape, k.shape, s) for q, k, s in zip(query, key, scale, strict=True)}
             if len(shapes) == 1:

@@ -156,19 +156,20 @@ def apply_runtime(transformer: torch.nn.Module, config: DeploymentConfig) -> Non
     state_dict, the fingerprint and the attention probes see the same module; it happens lazily, at
     the first request (the warm-up's, when on)."""
     wanted = (config.attention_backend, config.compile.mode, config.compile.backend)
-    if getattr(transformer, "_latentguard_runtime", None) == wanted:
+    model: Any = transformer  # a diffusers ModelMixin: set_attention_backend, compile_repeated_blocks
+    if getattr(model, "_latentguard_runtime", None) == wanted:
         return
     if config.attention_backend is not None:
-        transformer.set_attention_backend(config.attention_backend)
+        model.set_attention_backend(config.attention_backend)
     if config.compile.mode == "full":
-        transformer.compile(backend=config.compile.backend)
+        model.compile(backend=config.compile.backend)
     elif config.compile.mode == "regional":
-        if getattr(transformer, "_repeated_blocks", None):  # diffusers' regional compilation (FLUX)
-            transformer.compile_repeated_blocks(backend=config.compile.backend)
+        if getattr(model, "_repeated_blocks", None):  # diffusers' regional compilation (FLUX)
+            model.compile_repeated_blocks(backend=config.compile.backend)
         else:  # models that declare no repeated blocks (SD3): each transformer block on its own
-            for block in transformer.transformer_blocks:
+            for block in model.transformer_blocks:
                 block.compile(backend=config.compile.backend)
-    transformer._latentguard_runtime = wanted
+    model._latentguard_runtime = wanted
 
 
 def fingerprint(pipe: Pipeline) -> str:
