@@ -96,6 +96,12 @@ MISSPELT = [
         "AttentionConfig",
     ),
     (
+        f"deployments: [{{{DEP}, compile: {{mdoe: full}}}}]",
+        "deployments[0].compile.mdoe",
+        "mode",
+        "CompileConfig",
+    ),
+    (
         f"deployments: [{{{DEP}, drift: {{permutation: 100}}}}]",
         "deployments[0].drift.permutation",
         "permutations",
