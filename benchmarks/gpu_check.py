@@ -335,7 +335,7 @@ FULL_DEPTH = {"sd3": 24, "flux": 19 + 38 / 2}  # SD3.5-medium blocks; FLUX.1 dou
 def section_guard_overhead(smoke: bool) -> Section:
     side = 32 if smoke else 128
     dt = torch.bfloat16 if CUDA else torch.float32
-    repeats = 3 if smoke else 15
+    repeats = 3 if smoke or not CUDA else 15  # a real-width step takes seconds on a CPU
     detectors = profiled_detectors()
     out: Section = {
         "resolution": side * 8,
@@ -356,6 +356,7 @@ def section_guard_overhead(smoke: bool) -> Section:
         ratios = [100 * g / full_s for g in guard]
         low, high = bootstrap_ci(ratios)
         out[family] = {
+            "peak_memory_mb": peak_memory_mb(),
             "step_ms_depth1": median_ms(step_s[1]),
             "step_ms_depth2": median_ms(step_s[2]),
             "full_depth_step_ms": full_s * 1e3,
@@ -365,6 +366,17 @@ def section_guard_overhead(smoke: bool) -> Section:
         }
     out["probe_ms_per_step"] = probe_cost(smoke, side, dt)
     return out
+
+
+def peak_memory_mb() -> float:
+    """CUDA: the allocator's peak since the last reset (reset here); CPU: the process's peak RSS."""
+    if CUDA:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def probe_cost(smoke: bool, side: int, dt: torch.dtype) -> float:
@@ -377,7 +389,7 @@ def probe_cost(smoke: bool, side: int, dt: torch.dtype) -> float:
     with torch.inference_mode():
         model = sd35_like(2, smoke).to(DEVICE, dt).eval()
         run = step_fn(model, "sd3", latents, 16 if smoke else 256)
-        plain = timed(run, 3 if smoke else 10)
+        plain = timed(run, 3 if smoke or not CUDA else 10)
         layers = attention_probes.install(SimpleNamespace(transformer=model), "sd3", None)
 
         def probed() -> None:
@@ -386,7 +398,7 @@ def probe_cost(smoke: bool, side: int, dt: torch.dtype) -> float:
                 run()
             rec.take()
 
-        with_probes = timed(probed, 3 if smoke else 10)
+        with_probes = timed(probed, 3 if smoke or not CUDA else 10)
     return median_ms(with_probes) - median_ms(plain)
 
 
@@ -595,6 +607,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="every section on CPU at small sizes")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write (the .md goes next to it)")
+    parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = parser.parse_args()
     side = 32 if args.smoke else 128
     sections: dict[str, Callable[[], Section]] = {
@@ -609,6 +622,11 @@ def main() -> None:
         "canary_tolerance": lambda: section_canary_tolerance(args.smoke),
         "quantized": lambda: section_quantized(args.smoke),
     }
+    if args.only:
+        unknown = set(args.only.split(",")) - set(sections)
+        if unknown:
+            parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(sections)}")
+        sections = {k: v for k, v in sections.items() if k == "device" or k in args.only.split(",")}
     results: Section = {}
     t0 = time.perf_counter()
     for name, run in sections.items():
