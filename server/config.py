@@ -172,6 +172,8 @@ class CanaryConfig(StrictModel):
 class CompileConfig(StrictModel):
     """torch.compile of the deployment's transformer, at load (the first requests pay the compile)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)  # hashable: part of the loaded model's key
+
     mode: Literal["off", "full", "regional"] = "off"  # regional: each repeated transformer block
     backend: str = "inductor"  # torch.compile backend (tests use "eager": the graph capture alone)
 
@@ -365,14 +367,6 @@ class Settings(BaseSettings):
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ValueError(f"deployment names must be unique, got {names}")
-        runtime: dict[str, tuple] = {}  # deployments of one model share its loaded transformer
-        for d in self.deployments:
-            mine = (d.attention_backend, d.compile.mode, d.compile.backend)
-            if runtime.setdefault(d.model, mine) != mine:
-                raise ValueError(
-                    f"deployment {d.name}: deployments of model {d.model} share its transformer, so they "
-                    "must agree on attention_backend and compile"
-                )
         for d in self.deployments:
             if d.baseline is not None and (d.baseline not in names or d.baseline == d.name):
                 raise ValueError(f"deployment {d.name}: baseline {d.baseline!r} must name another deployment")

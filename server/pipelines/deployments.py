@@ -125,8 +125,8 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
         dtype = compute_dtype(config.variant, device)
         if config.model in BUILTIN_MODELS:
             _builtin_family(config)  # also when the model is already loaded for another deployment
-        with _BASES_LOCK:
-            key = (config.model, device, dtype)
+        with _BASES_LOCK:  # attention backend and compile change the transformer: part of the key
+            key = (config.model, device, dtype, config.attention_backend, config.compile)
             if key not in _BASES:
                 _BASES[key] = _load_base(config, device, dtype)
             base = _BASES[key]
@@ -151,16 +151,22 @@ def load_pipeline(config: DeploymentConfig, device: str = "cpu") -> Pipeline:
 
 
 def apply_runtime(transformer: torch.nn.Module, config: DeploymentConfig) -> None:
-    """The deployment's attention backend and torch.compile, once per loaded transformer (deployments
-    sharing it agree: config.Settings checks). Compiling is in place (`Module.compile`), so the
-    state_dict, the fingerprint and the attention probes see the same module; it happens lazily, at
-    the first request (the warm-up's, when on)."""
+    """The deployment's attention backend and torch.compile, once per loaded transformer (the loaded
+    bases are keyed by both, so deployments that differ in them never share one). Compiling is in
+    place (`Module.compile`), so the state_dict, the fingerprint and the attention probes see the same
+    module; it happens lazily, at the first request (the warm-up's, when on)."""
     wanted = (config.attention_backend, config.compile.mode, config.compile.backend)
     model: Any = transformer  # a diffusers ModelMixin: set_attention_backend, compile_repeated_blocks
     if getattr(model, "_latentguard_runtime", None) == wanted:
         return
     if config.attention_backend is not None:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry as registry
+
+        # set_attention_backend sets each processor's backend and also makes it the process-wide
+        # default of every other model; the other deployments keep theirs
+        active, _ = registry.get_active_backend()
         model.set_attention_backend(config.attention_backend)
+        registry.set_active_backend(active)
     if config.compile.mode == "full":
         model.compile(backend=config.compile.backend)
     elif config.compile.mode == "regional":

@@ -307,8 +307,12 @@ def test_compiled_transformers_are_guarded_and_probed(name, mode, folders):
     torch.testing.assert_close(stats.attn_entropy, a.guard.monitor.stacked().attn_entropy)
 
 
-def test_deployments_of_one_model_must_agree_on_backend_and_compile():
-    a = DeploymentConfig(name="a", model="tiny-sd3", family="sd3")
-    b = a.model_copy(update={"name": "b", "attention_backend": "_native_math"})
-    with pytest.raises(ValueError, match="share its transformer"):
-        Settings(deployments=[a, b])
+def test_deployments_of_one_model_with_other_runtime_settings_do_not_share_its_transformer(folders):
+    """A backend or compile setting changes the loaded transformer in place: a deployment of the same
+    folder without them must not see it."""
+    name = "flux.1-dev"
+    flex = load_deployment(deployment_config(name, folders[name], attention_backend="flex"))
+    plain = load_deployment(deployment_config(name, folders[name]))
+    assert flex.pipe.transformer is not plain.pipe.transformer
+    assert all(s.attention_entropy is not None for s in generate(plain).steps)
+    assert all(s.attention_entropy is None for s in generate(flex).steps)
