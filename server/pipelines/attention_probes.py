@@ -132,6 +132,7 @@ class ProbeProcessor:
 
     def __init__(self, inner: Any, layer: int, text_first: bool):
         self.inner, self.layer, self.text_first = inner, layer, text_first
+        self.warned = False  # a blind probe says so once, not every step
 
     # Under torch.compile the probed blocks' attention runs eagerly (a graph break each): dynamo
     # cannot trace the TorchFunctionMode that watches the call, and a probe that sees nothing is no
@@ -152,7 +153,7 @@ class ProbeProcessor:
         with _AttentionInputs() as seen:
             out = self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
         if seen.query is None or seen.key is None:
-            if not getattr(self, "warned", False):
+            if not self.warned:
                 self.warned = True
                 log.warning(
                     "attention probe on block %d is blind: %s made no scaled_dot_product_attention call "
