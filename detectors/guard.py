@@ -30,6 +30,7 @@ class RequestGuard:
         initial_latents: torch.Tensor,
         sigmas: list[float],
         backend: Backend = "auto",
+        keep_flagged_x0: bool = False,
     ):
         self.detectors = detectors
         self.policies = {name: policies.get(name, DetectorPolicy()) for name in detectors}
@@ -42,6 +43,10 @@ class RequestGuard:
         self.aborted_at = torch.full((b,), -1, dtype=torch.long)
         self.errors: dict[str, str] = {}
         self.step_seconds: list[float] = []
+        # with keep_flagged_x0 (evidence bundles): element -> (step, its x0_hat [C, H, W] on the CPU)
+        # at the first step any detector flagged it; one tensor per flagged element, never per step
+        self.keep_flagged_x0 = keep_flagged_x0
+        self.flagged_x0: dict[int, tuple[int, torch.Tensor]] = {}
 
     @property
     def total_steps(self) -> int:
@@ -75,9 +80,19 @@ class RequestGuard:
             if policy.action == Action.ABORT:
                 abort |= flagged
         self.aborted_at[abort & (self.aborted_at < 0)] = step
+        if self.keep_flagged_x0:
+            self._keep_newly_flagged(step)
         verdicts = self.step_verdicts(step)
         self.step_seconds.append(time.perf_counter() - start)
         return verdicts
+
+    def _keep_newly_flagged(self, step: int) -> None:
+        if not self.first_step:
+            return
+        flagged = torch.stack(list(self.first_step.values())).ge(0).any(dim=0)
+        for i in flagged.nonzero().flatten().tolist():
+            if i not in self.flagged_x0:
+                self.flagged_x0[i] = (step, self.monitor.latest_x0[i].detach().float().cpu().clone())
 
     def step_verdicts(self, step: int) -> list[StepVerdict]:
         """One verdict per element for `step`, from the scores and first steps so far (copied to

@@ -54,6 +54,11 @@ class TrajectoryMonitor:
         """The latents of the last step observed (the initial latents before the first)."""
         return self._prev
 
+    @property
+    def latest_x0(self) -> torch.Tensor:
+        """x0_hat of the last step observed (float32; the initial latents before the first)."""
+        return self._prev_x0
+
     def x0_hat(self, step: int, latents: torch.Tensor) -> torch.Tensor:
         return denoised_estimate(self._prev, latents, self.sigmas[step], self.sigmas[step + 1])
 

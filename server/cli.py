@@ -17,7 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 app = typer.Typer(help="latentguard: a guardrail for SD3 / FLUX.1 diffusion pipelines.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -778,6 +778,160 @@ def config_check(
 
     print(yaml.safe_dump(effective, sort_keys=False), end="")
     console.print(f"[green]{config}: valid[/] ({len(settings.deployments)} deployments)")
+
+
+evidence_app = typer.Typer(help="Look at the evidence bundles of flagged requests.", no_args_is_help=True)
+app.add_typer(evidence_app, name="evidence")
+StoreUrl = Annotated[
+    str,
+    typer.Option("--store", help="The deployment's evidence.store URL (file:///dir, s3://bucket/prefix)."),
+]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option("--storage-option", help="KEY=VALUE passed to fsspec (e.g. endpoint_url=http://...)."),
+]
+
+
+def _evidence_store(url: str, options: list[str] | None):
+    import yaml
+
+    from latentguard.server.evidence.store import EvidenceStore
+
+    parsed = {}
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(ValueError(f"--storage-option {item!r}: expected KEY=VALUE"))
+        parsed[key] = yaml.safe_load(value)
+    return EvidenceStore(url, parsed)
+
+
+def _since(value: str | None):
+    """'2h', '30m', '7d' ago, or an ISO time; None: no bound."""
+    from datetime import UTC, datetime, timedelta
+
+    if value is None:
+        return None
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if value[:-1].isdigit() and value[-1] in units:
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    when = datetime.fromisoformat(value)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@evidence_app.command("ls")
+def evidence_ls(
+    store: StoreUrl,
+    deployment: Annotated[str | None, typer.Option(help="Only this deployment.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Only bundles this detector flagged.")] = None,
+    verdict: Annotated[str | None, typer.Option(help="Only this verdict: flag, abort or pass.")] = None,
+    since: Annotated[str | None, typer.Option(help="Newer than this: 30m, 2h, 7d, or an ISO time.")] = None,
+    limit: Annotated[int, typer.Option(help="Show the newest this many.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (meta.json).")] = False,
+    storage_option: StorageOption = None,
+) -> None:
+    """List bundles, newest first."""
+    from datetime import datetime
+
+    try:
+        bundles = _evidence_store(store, storage_option).list()
+        after = _since(since)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    kept = [
+        b
+        for b in reversed(bundles)
+        if (deployment is None or b.meta["deployment"] == deployment)
+        and (detector is None or detector in b.meta["flagged"])
+        and (verdict is None or b.meta["verdict"] == verdict)
+        and (after is None or datetime.fromisoformat(b.meta["time"]) >= after)
+    ][:limit]
+    if as_json:
+        for b in kept:
+            print(json.dumps(b.meta))
+        return
+    table = Table("time (UTC)", "deployment", "verdict", "flagged", "first flagged step", "source")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=32))
+    for b in kept:
+        m = b.meta
+        step = str(m["flagged_step"]) if m["flagged_step"] >= 0 else ""
+        table.add_row(
+            b.id, m["time"][:19], m["deployment"], m["verdict"], ", ".join(m["flagged"]), step, m["source"]
+        )
+    Console().print(table)
+    console.print(f"{len(kept)} of {len(bundles)} bundles in {store}")
+
+
+def _bundle(store: str, bundle_id: str, options: list[str] | None):
+    from latentguard.server.evidence.html import PICTURES
+    from latentguard.server.report import Report
+
+    evidence = _evidence_store(store, options)
+    try:
+        ref = evidence.find(bundle_id)
+    except KeyError as exc:
+        _fail(ValueError(exc.args[0]))
+    raw = evidence.read(ref, "report.json")
+    assert raw is not None, f"bundle {ref.folder} has no report.json"
+    pictures = {name: data for name, _ in PICTURES if (data := evidence.read(ref, name)) is not None}
+    return ref, Report.from_dict(json.loads(raw)), pictures
+
+
+@evidence_app.command("show")
+def evidence_show(
+    bundle_id: Annotated[str, typer.Argument(help="The request id (or its first 6+ characters).")],
+    store: StoreUrl,
+    html: Annotated[Path | None, typer.Option(help="Also write the bundle as one HTML page here.")] = None,
+    storage_option: StorageOption = None,
+) -> None:
+    """One bundle in the terminal (and as an HTML page with --html)."""
+    from latentguard.server.evidence.html import render
+
+    try:
+        ref, report, pictures = _bundle(store, bundle_id, storage_option)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    out = Console()
+    m = ref.meta
+    out.print(f"[bold]{ref.id}[/]  {m['time']}  {m['deployment']}  verdict [bold]{report.verdict}[/]")
+    out.print(
+        f"steps {report.steps_run}/{report.steps_requested}, seed {report.seed}, trace {m['trace_id'] or '-'}"
+    )
+    out.print(f"profile {report.profile or '-'}, weights {m['weights']}, files: {', '.join(m['files'])}")
+    table = Table("detector", "score", "threshold", "flagged", "first step")
+    for d in report.detectors:
+        table.add_row(
+            d.name, f"{d.score:.3g}", f"{d.threshold:.3g}", "yes" if d.flagged else "", str(d.first_step)
+        )
+    out.print(table)
+    if html is not None:
+        html.write_text(render(m, report, pictures))
+        console.print(f"wrote {html}")
+
+
+@evidence_app.command("export")
+def evidence_export(
+    bundle_id: Annotated[str, typer.Argument(help="The request id (or its first 6+ characters).")],
+    store: StoreUrl,
+    out: Annotated[Path, typer.Option(help="Folder to write the bundle's files and index.html into.")],
+    storage_option: StorageOption = None,
+) -> None:
+    """Copy one bundle out of the store, with its HTML page, e.g. to attach to an incident."""
+    from latentguard.server.evidence.html import render
+
+    try:
+        ref, report, pictures = _bundle(store, bundle_id, storage_option)
+        evidence = _evidence_store(store, storage_option)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ref.meta["files"]:
+            data = evidence.read(ref, name)
+            if data is not None:
+                (out / name).write_bytes(data)
+        (out / "meta.json").write_text(json.dumps(ref.meta, indent=1))
+        (out / "index.html").write_text(render(ref.meta, report, pictures))
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out}/ (open index.html)")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,23 @@ class CompileConfig(StrictModel):
     backend: str = "inductor"  # torch.compile backend (tests use "eager": the graph capture alone)
 
 
+class EvidenceConfig(StrictModel):
+    """Evidence bundles (server/evidence/): what a flagged or aborted request looked like, kept for a
+    person to look at (`latentguard evidence ls|show|export`). Written off the request path; a store
+    that fails never fails or delays a request (latentguard_evidence_writes_total{outcome="error"})."""
+
+    store: str = Field(min_length=1)  # file:///dir or any fsspec URL (s3://bucket/prefix needs s3fs)
+    storage_options: dict[str, Any] = Field(default_factory=dict)  # passed to fsspec (endpoint_url, ...)
+    sample_passing: float = Field(0.0, ge=0, le=1)  # share of passing requests kept too, for contrast
+    max_bundles: int = Field(1000, ge=1)  # then the oldest are deleted
+    max_megabytes: float = Field(1024.0, gt=0)
+    max_pending: int = Field(32, ge=1)  # bundles waiting to be written; more are dropped (counted)
+    # the prompt is kept only as HMAC-SHA256 under this key unless store_prompts; without a key file a
+    # random key per process (hashes then compare only within one process's bundles)
+    store_prompts: bool = False
+    prompt_key_file: str | None = None
+
+
 class DeploymentConfig(StrictModel):
     name: str
     model: str  # "tiny-sd3" | "tiny-flux" | a local diffusers folder | a hub id
@@ -212,6 +229,7 @@ class DeploymentConfig(StrictModel):
     compile: CompileConfig = Field(default_factory=lambda: CompileConfig())
     drift: DriftConfig = Field(default_factory=DriftConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
+    evidence: EvidenceConfig | None = None  # None: no bundles kept
 
     @model_validator(mode="after")
     def _known_detectors(self) -> DeploymentConfig:
@@ -342,6 +360,15 @@ def builtin_deployments() -> list[DeploymentConfig]:
     ]
 
 
+class TracingConfig(StrictModel):
+    """OpenTelemetry tracing (needs the `tracing` extra): one span per request, an event per detector's
+    first flagged step; the trace id goes into the report, the evidence and the metrics' exemplars."""
+
+    otlp_endpoint: str = Field(min_length=1)  # OTLP/HTTP, e.g. http://otel-collector:4318/v1/traces
+    service_name: str = "latentguard"
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # share of requests traced (parent-based ratio)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LATENTGUARD_", env_nested_delimiter="__", extra="forbid")
 
@@ -361,6 +388,7 @@ class Settings(BaseSettings):
     health_port: int | None = None  # a plaintext port with grpc.health.v1 only, for kubelet's gRPC probes
     auth: AuthConfig = Field(default_factory=AuthConfig)
     connections: ConnectionLimits = Field(default_factory=ConnectionLimits)
+    tracing: TracingConfig | None = None  # None: no spans
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -388,6 +416,8 @@ class Settings(BaseSettings):
             named += [(f"{at}.profile", d.profile), (f"{at}.drift.reference", d.drift.reference)]
             named += [(f"{at}.canaries.reference", d.canaries.reference)]
             named += [(f"{at}.adapters[{j}].path", a.path) for j, a in enumerate(d.adapters)]
+            if d.evidence is not None:
+                named += [(f"{at}.evidence.prompt_key_file", d.evidence.prompt_key_file)]
         return [(key, path) for key, path in named if path is not None and not Path(path).exists()]
 
     def deployment(self, name: str) -> DeploymentConfig:

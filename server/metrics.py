@@ -24,6 +24,7 @@ OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "rejected", "error"
 GENERATION_OUTCOMES: tuple[Outcome, ...] = ("ok", "flagged", "aborted", "error", "cancelled")
 SHADOW_OUTCOMES = ("compared", "skipped", "preempted", "error")
 CANARY_OUTCOMES = ("compared", "skipped", "preempted", "error")
+EVIDENCE_OUTCOMES = ("written", "dropped", "error")
 AUTH_FAILURE_REASONS = ("missing_token", "unknown_token", "deployment_denied", "inspect_denied")
 
 
@@ -34,6 +35,14 @@ class DeploymentLabels:
     variant: str
     baseline: str = ""  # the 16-bit deployment this one is a candidate to replace ("" for none)
     adapters: tuple[tuple[str, float], ...] = ()  # (LoRA adapter, scale)
+
+
+def exemplar_of(report: Report) -> dict[str, str] | None:
+    """The exemplar labels of a finished request (None before the server gave it an id)."""
+    labels = {"request_id": report.request_id} if report.request_id else {}
+    if report.trace_id:
+        labels["trace_id"] = report.trace_id
+    return labels or None
 
 
 def outcome_of(report: Report) -> Outcome:
@@ -193,6 +202,13 @@ class Metrics:
             ["baseline", "candidate", "outcome"],
             registry=registry,
         )
+        self.evidence_writes = Counter(
+            "latentguard_evidence_writes",
+            "Evidence bundles handed to the writer, by outcome (written; dropped: too many pending; "
+            "error: the store failed; the request itself is never affected).",
+            ["deployment", "outcome"],
+            registry=registry,
+        )
         self.shadow_divergence = Histogram(
             "latentguard_shadow_divergence",
             "Relative L2 distance between candidate and baseline final latents on a mirrored request.",
@@ -221,6 +237,8 @@ class Metrics:
             self.canary_divergence.labels(d.deployment)
             for outcome in CANARY_OUTCOMES:
                 self.canary_runs.labels(d.deployment, outcome)
+            for outcome in EVIDENCE_OUTCOMES:
+                self.evidence_writes.labels(d.deployment, outcome)
             for method in DRIFT_METHODS:
                 self.drift_score.labels(d.deployment, method)
             for adapter, scale in d.adapters:
@@ -235,13 +253,16 @@ class Metrics:
                 self.detector_errors.labels(d.deployment, det)
 
     def observe(self, report: Report, seconds: float | None = None) -> None:
-        """A finished request (Generate or Inspect session)."""
+        """A finished request (Generate or Inspect session). The request and artifact counters carry
+        its request id (and trace id) as an exemplar: OpenMetrics scrapes show the last one per series,
+        the way from a rate in Grafana to `latentguard evidence show ID`."""
         d = self.labels[report.deployment]
         outcome = outcome_of(report)
-        self.requests.labels(d.deployment, d.family, d.variant, outcome).inc()
+        exemplar = exemplar_of(report)
+        self.requests.labels(d.deployment, d.family, d.variant, outcome).inc(exemplar=exemplar)
         for det in report.detectors:
             if det.flagged:
-                self.artifacts.labels(d.deployment, d.family, d.variant, det.name).inc()
+                self.artifacts.labels(d.deployment, d.family, d.variant, det.name).inc(exemplar=exemplar)
             if det.error:
                 self.detector_errors.labels(d.deployment, det.name).inc()
             else:
@@ -284,6 +305,9 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
+
+    def evidence_write(self, deployment: str, outcome: str) -> None:
+        self.evidence_writes.labels(deployment, outcome).inc()
 
     def shadow_outcome(self, baseline: str, candidate: str, outcome: str) -> None:
         self.shadow_runs.labels(baseline, candidate, outcome).inc()

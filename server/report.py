@@ -43,6 +43,8 @@ class Report:
     profile: str = ""  # calibration profile fingerprint
     profile_exact: bool = True  # request used the calibrated resolution and schedule
     attribution: Attribution | None = None
+    request_id: str = ""  # set by the server for each request: the evidence bundle's id, the exemplars'
+    trace_id: str = ""  # OpenTelemetry trace id (32 hex digits) when tracing is on
 
     @property
     def flagged_detectors(self) -> list[str]:

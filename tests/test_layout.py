@@ -1,5 +1,5 @@
 """The layout contract: imports point one way, server -> detectors -> kernels, and inside server/
-cli -> harness -> offline -> rpc -> core -> pipelines, over the flat base modules."""
+cli -> harness -> offline -> rpc -> core -> pipelines -> evidence, over the flat base modules."""
 
 import ast
 import importlib.util
@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 # server's sub-packages, top first: each may import only those after it (and the base modules)
-SERVER_LAYERS = ("harness", "offline", "rpc", "core", "pipelines")
+SERVER_LAYERS = ("harness", "offline", "rpc", "core", "pipelines", "evidence")
 SERVER_BASE = ("config", "errors", "metrics", "report")
 
 

@@ -15,12 +15,13 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -30,9 +31,11 @@ from latentguard.server.config import Settings, ShadowConfig
 from latentguard.server.core.batching import Batcher
 from latentguard.server.core.canaries import Canaries
 from latentguard.server.core.drift import FleetDrift
+from latentguard.server.core.evidence import EvidenceRecorder
 from latentguard.server.core.sessions import InspectSession
 from latentguard.server.core.shadow import ShadowJob, ShadowMirror
 from latentguard.server.core.threads import compute_threads, side_executor
+from latentguard.server.core.tracing import Tracing
 from latentguard.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -123,6 +126,8 @@ class GuardrailService:
         self.shadow = ShadowMirror(settings.shadow, metrics)
         self.drift = FleetDrift(metrics)
         self.canaries = Canaries(metrics, self.primary_busy)
+        self.evidence = EvidenceRecorder(metrics)
+        self.tracing = Tracing(settings.tracing)
         self.on_state_change: Callable[[State], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -152,6 +157,8 @@ class GuardrailService:
                 self.drift.watch(dep.name, dep.drift, cfg.drift)
             if dep.canaries is not None:
                 self.canaries.watch(dep.name, worker.runner, worker.executor, cfg.canaries)
+            if cfg.evidence is not None:
+                await loop.run_in_executor(None, self.evidence.watch, dep.name, cfg.evidence, dep.fingerprint)
             self.metrics.set_capacity(dep.name, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
             if self.state != "warming":  # drained while loading: never report serving
@@ -169,6 +176,8 @@ class GuardrailService:
             w.executor.shutdown(wait=False, cancel_futures=True)
         self.inspect_executor.shutdown(wait=False, cancel_futures=True)
         self.drift.close()
+        self.evidence.close()  # bundles handed over are still written before the process exits
+        self.tracing.close()
 
     def _check_serving(self) -> None:
         if self.state != "serving":
@@ -206,6 +215,30 @@ class GuardrailService:
         """Run one request on its deployment's worker. Every admitted request ends in exactly one
         outcome (ok, flagged, aborted, error, cancelled), recorded once."""
         worker, resolved = self._admit(req)
+        request_id = uuid.uuid4().hex
+        span = self.tracing.start("latentguard.Generate", req.deployment)
+        on_step = Tracing.step_hook(span, on_step)
+        try:
+            ids = (request_id, Tracing.trace_id(span))
+            result = await self._generate(worker, req, resolved, cancel, on_step, decode, ids)
+        except BaseException as exc:
+            Tracing.finish(span, None, "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
+            raise
+        Tracing.finish(span, result.report, outcome_of(result.report))
+        self.evidence.submit(result.report, result.image, result.snapshots, req.prompt, "generate")
+        return result
+
+    async def _generate(
+        self,
+        worker: DeploymentWorker,
+        req: GenerateRequest,
+        resolved: ResolvedRequest,
+        cancel: Cancellation,
+        on_step: StepHook | None,
+        decode: bool,
+        ids: tuple[str, str],
+    ) -> GenerateResult:
+        """`generate` once admitted; `ids`: the request's id and trace id, for its report."""
         mirrors = self.shadow.sample(req.deployment)
         run = dataclasses.replace(resolved, return_trajectory=True) if mirrors else resolved
         start = time.perf_counter()
@@ -228,6 +261,7 @@ class GuardrailService:
             worker.release()
             self.metrics.set_admitted(req.deployment, worker.admitted)
         report, seconds = result.report, time.perf_counter() - start
+        report.request_id, report.trace_id = ids
         stopped_early = report.steps_run < report.steps_requested and report.verdict != "abort"
         if stopped_early and cancel.expired:
             self._count(req.deployment, "error", seconds, report)
@@ -353,6 +387,8 @@ class InspectCall:
         self.service = service
         self.session: InspectSession | None = None
         self.done = False
+        self.span: Any = None
+        self.on_verdict: StepHook | None = None
 
     async def frame(
         self, deployment: str, sigmas: list[float], step: int, latents: torch.Tensor
@@ -366,21 +402,30 @@ class InspectCall:
             dep = self.service.worker(deployment).dep
             limits = self.service.settings.limits
             self.session = await loop.run_in_executor(executor, InspectSession, dep, sigmas, latents, limits)
+            self.span = self.service.tracing.start("latentguard.Inspect", deployment)
+            self.on_verdict = Tracing.step_hook(self.span, None)
             return None
-        return await loop.run_in_executor(executor, self.session.step, step, latents)
+        verdict = await loop.run_in_executor(executor, self.session.step, step, latents)
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
+        return verdict
 
     def finish(self) -> Report:
         if self.session is None:
             raise InvalidArgument("Inspect stream closed before its first frame")
         report = self.session.report()
+        report.request_id, report.trace_id = uuid.uuid4().hex, Tracing.trace_id(self.span)
         self.done = True
         self.service._finished(report)
+        Tracing.finish(self.span, report, outcome_of(report))
+        self.service.evidence.submit(report, None, self.session.snapshots(), None, "inspect")
         return report
 
     def ended(self, outcome: Outcome) -> None:
         if self.session is not None and not self.done:
             self.done = True
             self.service._count(self.session.dep.name, outcome)
+            Tracing.finish(self.span, None, outcome)
 
 
 def deployment_labels(settings: Settings) -> list[DeploymentLabels]:

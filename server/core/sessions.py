@@ -12,6 +12,7 @@ from latentguard.detectors import RequestGuard, StepVerdict
 from latentguard.detectors.registry import latent_only
 from latentguard.server.config import Limits
 from latentguard.server.errors import InvalidArgument
+from latentguard.server.evidence.bundle import Snapshots, snapshots_of
 from latentguard.server.pipelines.deployments import Deployment
 from latentguard.server.pipelines.runner import build_report
 from latentguard.server.report import Report
@@ -47,7 +48,10 @@ class InspectSession:
         self.dep = dep
         self.started = time.perf_counter()
         # the sidecar sees latents only: the detectors that read the attention probes cannot run
-        self.guard = RequestGuard(latent_only(dep.detectors), dep.policies, initial, sigmas)
+        keep = dep.config.evidence is not None
+        self.guard = RequestGuard(
+            latent_only(dep.detectors), dep.policies, initial, sigmas, keep_flagged_x0=keep
+        )
         self.expected_shape = tuple(initial.shape)
 
     def step(self, step: int, latents: torch.Tensor) -> StepVerdict:
@@ -62,6 +66,13 @@ class InspectSession:
                 f"latents shape {tuple(latents.shape)} differs from the initial {self.expected_shape}"
             )
         return self.guard.check(step, latents)[0]
+
+    def snapshots(self) -> Snapshots | None:
+        """x0_hat pictures for the evidence bundle, when the deployment keeps evidence."""
+        if self.dep.config.evidence is None or self.guard.steps_run == 0:
+            return None
+        monitor = self.guard.monitor
+        return snapshots_of(self.guard.flagged_x0, 0, monitor.steps_seen - 1, monitor.latest_x0)
 
     def report(self) -> Report:
         steps = len(self.guard.sigmas) - 1

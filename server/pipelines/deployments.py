@@ -24,7 +24,7 @@ from latentguard.detectors import (
 )
 from latentguard.detectors.drift import DriftReference
 from latentguard.detectors.registry import latent_only
-from latentguard.server.config import BUILTIN_MODELS, DeploymentConfig
+from latentguard.server.config import BUILTIN_MODELS, CompileConfig, DeploymentConfig
 from latentguard.server.errors import ModelLoadError
 from latentguard.server.pipelines import attention_probes
 from latentguard.server.pipelines.adapters import apply_adapters
@@ -39,7 +39,8 @@ from latentguard.server.pipelines.quantization import (
 
 log = logging.getLogger(__name__)
 
-_BASES: dict[tuple[str, str, torch.dtype], Pipeline] = {}  # loaded components, shared by variants
+# loaded components, shared by variants: (model, device, dtype, attention backend, compile)
+_BASES: dict[tuple[str, str, torch.dtype, str | None, CompileConfig], Pipeline] = {}
 _BASES_LOCK = threading.Lock()
 
 

@@ -27,6 +27,7 @@ from latentguard.detectors import Detector, Drill, RequestGuard, StepVerdict
 from latentguard.detectors.drift import request_summary
 from latentguard.detectors.policy import DetectorPolicy
 from latentguard.kernels import Backend
+from latentguard.server.evidence.bundle import Snapshots, snapshots_of
 from latentguard.server.pipelines.adapters import adapters_disabled
 from latentguard.server.pipelines.attention_probes import Recording, recording
 from latentguard.server.pipelines.callbacks import DrillCallback, GuardCallback, RecordCallback
@@ -65,6 +66,7 @@ class GenerateResult:
     # fleet drift: the request's summary (detectors/drift.py), when it ran its whole trajectory,
     # undrilled, at the deployment's drift reference's schedule, size and guidance
     drift_summary: np.ndarray | None = None
+    snapshots: Snapshots | None = None  # x0_hat pictures for the evidence bundle (deployments keeping one)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class PipelineRunner:
         on_step: Callable[[int, StepVerdict], None] | None = None,
         on_leave: Callable[[int, Denoised], None] | None = None,
         record: bool = False,
+        keep_flagged_x0: bool = False,
     ) -> Denoised:
         """Run the pipeline to latents with a guard watching every step (one verdict per element).
         An element that aborts or is stopped leaves at that step: `on_leave(i, its run so far)`."""
@@ -120,7 +123,9 @@ class PipelineRunner:
             family,
             height,
             width,
-            lambda sigmas: RequestGuard(detectors, policies, noise, sigmas, backend=self.backend),
+            lambda sigmas: RequestGuard(
+                detectors, policies, noise, sigmas, backend=self.backend, keep_flagged_x0=keep_flagged_x0
+            ),
             should_stop,
             on_step,
             leave,
@@ -223,7 +228,13 @@ class PipelineRunner:
             report = build_report(dep, run.guard, i, req.seed, req.steps, drill, seconds, exact)
             wanted = run.trajectory if el.request.return_trajectory else None
             summary = drift_summary(dep, run.guard, i, req) if report.verdict != "abort" else None
-            results[i] = GenerateResult(image, report, wanted.element(i) if wanted else None, summary)
+            snapshots = None
+            if dep.config.evidence is not None:
+                monitor = run.guard.monitor
+                snapshots = snapshots_of(run.guard.flagged_x0, i, monitor.steps_seen - 1, monitor.latest_x0)
+            results[i] = GenerateResult(
+                image, report, wanted.element(i) if wanted else None, summary, snapshots
+            )
             if el.answer is not None:
                 el.answer(results[i])
 
@@ -250,6 +261,7 @@ class PipelineRunner:
             on_step=on_step,
             on_leave=answer,
             record=any(e.request.return_trajectory for e in elements),
+            keep_flagged_x0=dep.config.evidence is not None,
         )
         rest = [i for i in range(len(elements)) if i not in results]
         to_decode = [i for i in rest if elements[i].decode]  # an aborted element has left already

@@ -134,6 +134,18 @@ MISSPELT = [
         "TokenConfig",
     ),
     (
+        f"deployments: [{{{DEP}, evidence: {{store: 'file:///e', store_prompt: true}}}}]",
+        "deployments[0].evidence.store_prompt",
+        "store_prompts",
+        "EvidenceConfig",
+    ),
+    (
+        "tracing: {otlp_endpoint: 'http://c:4318/v1/traces', sample_rate: 0.5}",
+        "tracing.sample_rate",
+        "sample_ratio",
+        "TracingConfig",
+    ),
+    (
         "connections: {inspect_idle_second: 3}",
         "connections.inspect_idle_second",
         "inspect_idle_seconds",

@@ -108,7 +108,7 @@ class Timings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., guard_seconds: _Optional[float] = ..., guard_seconds_per_step: _Optional[float] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("verdict", "deployment", "family", "variant", "seed", "steps_requested", "steps_run", "aborted_at_step", "drill", "detectors", "steps", "timings", "profile", "profile_exact", "attribution")
+    __slots__ = ("verdict", "deployment", "family", "variant", "seed", "steps_requested", "steps_run", "aborted_at_step", "drill", "detectors", "steps", "timings", "profile", "profile_exact", "attribution", "request_id", "trace_id")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,8 @@ class Report(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     PROFILE_EXACT_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     verdict: str
     deployment: str
     family: str
@@ -139,7 +141,9 @@ class Report(_message.Message):
     profile: str
     profile_exact: bool
     attribution: Attribution
-    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ...) -> None: ...
+    request_id: str
+    trace_id: str
+    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class Attribution(_message.Message):
     __slots__ = ("adapters", "verdict_without_adapters", "flagged_without_adapters", "adapters_caused")
