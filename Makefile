@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint docs gpu-check profiles eval eval-fpr eval-drift bench protos promtool clean train quality soak kernels-aot
+.PHONY: install demo test lint docs gpu-check profiles eval eval-fpr eval-drift bench protos promtool chromium clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,7 +50,14 @@ promtool:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
 		else echo "promtool missing: run 'sudo apt-get install prometheus'"; fi; }
 
-test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool
+## chromium: headless Chromium from Debian's packages (the evidence page test screenshots it)
+chromium:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+		else echo "chromium missing: run 'sudo apt-get install chromium'"; fi; }
+
+test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool chromium
 	$(BIN)/python -P -m pytest -q
 
 ## docs: regenerate the reference pages and tables, then serve the docs site on http://127.0.0.1:8000

@@ -31,6 +31,9 @@ class Panel:
     kind: str = "timeseries"
     width: int = 12
     extra: dict = field(default_factory=dict)
+    # Grafana asks Prometheus for exemplars too (points carrying a request id: `latentguard evidence
+    # show ID`); only raw counters carry them, not recording rules
+    exemplars: bool = False
 
 
 def variable(name: str, query: str, multi: bool = True) -> dict:
@@ -85,7 +88,13 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict], pan
                     "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull"]}
                 },
                 "targets": [
-                    {"refId": chr(ord("A") + j), "datasource": DS, "expr": expr, "legendFormat": legend}
+                    {
+                        "refId": chr(ord("A") + j),
+                        "datasource": DS,
+                        "expr": expr,
+                        "legendFormat": legend,
+                        "exemplar": p.exemplars,
+                    }
                     for j, (expr, legend) in enumerate(p.targets)
                 ],
                 **p.extra,
@@ -125,6 +134,7 @@ def overview() -> dict:
                     )
                 ],
                 unit="reqps",
+                exemplars=True,
             ),
             Panel(
                 "Artifact rate (any detector, 5m)",
@@ -146,6 +156,20 @@ def overview() -> dict:
                     )
                 ],
                 unit="percentunit",
+            ),
+            Panel(
+                "Flagged requests by detector (points: request ids)",
+                [
+                    (
+                        f"sum by (deployment, detector) ({rate('latentguard_artifacts_total', SEL)})",
+                        "{{deployment}} {{detector}}",
+                    )
+                ],
+                unit="reqps",
+                description="Each point is a flagged request's id (an exemplar): "
+                "`latentguard evidence show ID --store URL` shows what it looked like (runbook: From the "
+                "alert to the request).",
+                exemplars=True,
             ),
             Panel(
                 "Aborts, errors, rejections (5m)",

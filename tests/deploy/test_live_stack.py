@@ -103,6 +103,7 @@ def stack(tmp_path_factory):
             f"--config.file={prom_config}",
             f"--storage.tsdb.path={tmp / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--enable-feature=exemplar-storage",  # the request ids on the counters (deploy/compose.yaml)
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -187,6 +188,24 @@ def test_drill_alerts_reach_pending_or_firing(stack, traffic):
         lambda: {"LatentguardNonFiniteLatents", "LatentguardArtifactRateHigh"} <= active(), 30, "drill alerts"
     )
     assert "LatentguardTargetDown" not in active() and "LatentguardTargetAbsent" not in active()
+
+
+def test_flagged_requests_reach_prometheus_as_exemplars_with_their_request_ids(stack, traffic):
+    """Prometheus scrapes OpenMetrics by default: the artifact counter's exemplars carry request ids,
+    which is what the dashboards' exemplar panels show and `latentguard evidence show` takes."""
+    prom, _ = stack
+
+    def exemplars() -> list[dict]:
+        now = time.time()
+        url = f"{prom}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+            {"query": 'latentguard_artifacts_total{detector="non_finite"}', "start": now - 600, "end": now}
+        )
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        return [e for series in body["data"] for e in series["exemplars"]]
+
+    found = wait_for(exemplars, 30, "exemplars on latentguard_artifacts_total")
+    assert all(len(e["labels"]["request_id"]) == 32 for e in found)
 
 
 def replica_counters(replica: ServeProcess) -> dict[tuple[str, str], float]:
