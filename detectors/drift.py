@@ -19,6 +19,11 @@ four ways:
   (a max-t two-sample statistic). A model change moves a few features (the spectral ones, mostly)
   by a fraction of their spread across prompts; averaged into a kernel or a KL that is lost among the
   features it does not move (evaluation/drift.md).
+- `vendi`: diversity (seed 000). The Vendi score (Friedman & Dieng 2023) of the window: exp of the
+  entropy of the eigenvalues of K / W, K the window's Gaussian kernel matrix on the MMD coordinates,
+  the effective number of distinct requests (1: all alike, W: all unrelated). A model that collapses
+  toward one output (an over-fitted LoRA, a quantization that washes prompts out) lowers it while each
+  request still looks normal; the score is 1 / Vendi, so that higher is riskier like the others.
 
 Each method's threshold is the (1 - alpha / 4) quantile of its score over windows resampled from
 benign runs on prompts the reference never saw (by prompt, as the detectors' calibration), so that a
@@ -43,7 +48,7 @@ from scipy.linalg import subspace_angles
 from latentguard.detectors.stored import load_arrays, save_arrays
 from latentguard.kernels import TrajectoryStats
 
-METHODS = ("kl", "angle", "mmd", "shift")
+METHODS = ("kl", "angle", "mmd", "shift", "vendi")
 REFERENCE_FORMAT = "latentguard.drift/v1"
 EVERY = 16  # DriftConfig.every's default: a full window is scored every this many new requests
 ANGLE_RANK = 4  # principal directions compared by `angle`
@@ -107,6 +112,14 @@ def _gaussian_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarr
     return np.exp(-np.maximum(d2, 0) / (2 * bandwidth**2))
 
 
+def vendi(kernel: np.ndarray) -> float:
+    """Vendi score of n samples from their n x n similarity matrix (unit diagonal): exp of the Shannon
+    entropy of the eigenvalues of K / n, between 1 and n."""
+    eig = np.linalg.eigvalsh(kernel / len(kernel))
+    eig = eig[eig > 1e-12]
+    return float(np.exp(-(eig * np.log(eig)).sum()))
+
+
 def _mmd2(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Biased MMD^2 for each row of `labels` ([P, N] booleans, True: the window) over one kernel
     matrix of the pooled samples: z^T K z with z = 1/n on the window and -1/m on the reference."""
@@ -166,8 +179,10 @@ class DriftReference:
         """Each method's score of one window ([W, D] summaries), before dividing by the threshold."""
         z = self._z(window)
         labels = np.arange(len(z) + len(self.sample))[None, :] < len(z)
-        mmd = float(_mmd2(self._pooled_kernel(z @ self.basis), labels)[0])
-        return {**self._scores_but_mmd(window, z), "mmd": mmd}
+        kernel = self._pooled_kernel(z @ self.basis)
+        mmd = float(_mmd2(kernel, labels)[0])
+        own = kernel[: len(z), : len(z)]
+        return {**self._scores_but_mmd(window, z), "mmd": mmd, "vendi": 1 / vendi(own)}
 
     def scores(self, window: np.ndarray) -> dict[str, float]:
         """Each method's score divided by its threshold: above 1 is an alarm."""
@@ -255,8 +270,10 @@ class DriftReference:
             if progress is not None and i % 1000 == 999:
                 progress(1000)
             rows = rng.choice(len(runs), self.window, replace=False)
-            mmd = float(k_runs[np.ix_(rows, rows)].mean() + k_ref - 2 * k_cross[rows].mean())
-            for method, score in {**self._scores_but_mmd(runs[rows], z[rows]), "mmd": mmd}.items():
+            own = k_runs[np.ix_(rows, rows)]
+            mmd = float(own.mean() + k_ref - 2 * k_cross[rows].mean())
+            scores = {**self._scores_but_mmd(runs[rows], z[rows]), "mmd": mmd, "vendi": 1 / vendi(own)}
+            for method, score in scores.items():
                 out[method].append(score)
         return {m: np.array(v) for m, v in out.items()}
 

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from latentguard.detectors import DETECTOR_NAMES, Action, OnError, drift
@@ -178,6 +186,27 @@ class CompileConfig(StrictModel):
     backend: str = "inductor"  # torch.compile backend (tests use "eager": the graph capture alone)
 
 
+def default_state_dir() -> str:
+    """Where a server keeps what it learns while serving ($XDG_STATE_HOME/latentguard)."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "latentguard")
+
+
+class LiveCalibrationConfig(StrictModel):
+    """Calibrate a deployment without a profile from the requests it serves (core/live_calibration.py):
+    annotate-only with non_finite until enough requests at the deployment's defaults have run, then
+    the detectors are fitted and thresholded jointly as `latentguard calibrate` does and go live.
+    `live_calibration: true` takes every default."""
+
+    state_dir: str = Field(default_factory=default_state_dir)  # collected runs and the fitted profiles
+    fpr: float = Field(0.01, gt=0, lt=1)  # per-request false-positive rate of the profile
+    confidence: float = Field(0.9, gt=0, lt=1)
+    held_out_runs: int | None = Field(None, ge=1)  # None: the fewest the detectors need at fpr
+    checkpoint_every: int = Field(16, ge=1)  # persist the collected runs every this many
+
+
 class EvidenceConfig(StrictModel):
     """Evidence bundles (server/evidence/): what a flagged or aborted request looked like, kept for a
     person to look at (`latentguard evidence ls|show|export`). Written off the request path; a store
@@ -230,9 +259,17 @@ class DeploymentConfig(StrictModel):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     evidence: EvidenceConfig | None = None  # None: no bundles kept
+    live_calibration: LiveCalibrationConfig | None = None  # true: calibrate from served traffic
+
+    @field_validator("live_calibration", mode="before")
+    @classmethod
+    def _live_calibration_flag(cls, value: Any) -> Any:
+        return {} if value is True else (None if value is False else value)
 
     @model_validator(mode="after")
     def _known_detectors(self) -> DeploymentConfig:
+        if self.live_calibration is not None and self.profile is not None:
+            raise ValueError("live_calibration calibrates a deployment without a profile: remove `profile`")
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError(f"adapter names must be unique, got {names}")

@@ -102,7 +102,8 @@ class Metrics:
         self.drift_score = Gauge(
             "latentguard_drift_score",
             "Fleet drift of the last window of requests against the drift reference, per method "
-            "(kl, angle, mmd), divided by its threshold: above 1 is an alarm (0 until a window is full).",
+            "(kl, angle, mmd, shift, vendi), divided by its threshold: above 1 is an alarm (0 until a window "
+            "is full). vendi is 1 / the Vendi score: it rises when requests become alike.",
             ["deployment", "method"],
             registry=registry,
         )
@@ -202,6 +203,19 @@ class Metrics:
             ["baseline", "candidate", "outcome"],
             registry=registry,
         )
+        self.calibration_runs = Gauge(
+            "latentguard_calibration_runs",
+            "Live calibration: requests collected so far (it goes live at "
+            "latentguard_calibration_runs_needed).",
+            ["deployment"],
+            registry=registry,
+        )
+        self.calibration_runs_needed = Gauge(
+            "latentguard_calibration_runs_needed",
+            "Live calibration: requests it needs at the target rate (0: not calibrating from live traffic).",
+            ["deployment"],
+            registry=registry,
+        )
         self.evidence_writes = Counter(
             "latentguard_evidence_writes",
             "Evidence bundles handed to the writer, by outcome (written; dropped: too many pending; "
@@ -237,6 +251,8 @@ class Metrics:
             self.canary_divergence.labels(d.deployment)
             for outcome in CANARY_OUTCOMES:
                 self.canary_runs.labels(d.deployment, outcome)
+            self.calibration_runs.labels(d.deployment)
+            self.calibration_runs_needed.labels(d.deployment)
             for outcome in EVIDENCE_OUTCOMES:
                 self.evidence_writes.labels(d.deployment, outcome)
             for method in DRIFT_METHODS:
@@ -305,6 +321,10 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
+
+    def set_calibration_runs(self, deployment: str, collected: int, needed: int) -> None:
+        self.calibration_runs.labels(deployment).set(collected)
+        self.calibration_runs_needed.labels(deployment).set(needed)
 
     def evidence_write(self, deployment: str, outcome: str) -> None:
         self.evidence_writes.labels(deployment, outcome).inc()

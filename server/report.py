@@ -45,6 +45,9 @@ class Report:
     attribution: Attribution | None = None
     request_id: str = ""  # set by the server for each request: the evidence bundle's id, the exemplars'
     trace_id: str = ""  # OpenTelemetry trace id (32 hex digits) when tracing is on
+    # what guarded the request: profile (calibrated detectors), collecting (live calibration under way)
+    # or none (uncalibrated); in the last two only non_finite ran, so a "pass" means no NaN / Inf
+    calibration: str = "profile"
 
     @property
     def flagged_detectors(self) -> list[str]:

@@ -32,6 +32,7 @@ from latentguard.server.core.batching import Batcher
 from latentguard.server.core.canaries import Canaries
 from latentguard.server.core.drift import FleetDrift
 from latentguard.server.core.evidence import EvidenceRecorder
+from latentguard.server.core.live_calibration import LiveCalibrations
 from latentguard.server.core.sessions import InspectSession
 from latentguard.server.core.shadow import ShadowJob, ShadowMirror
 from latentguard.server.core.threads import compute_threads, side_executor
@@ -127,6 +128,7 @@ class GuardrailService:
         self.drift = FleetDrift(metrics)
         self.canaries = Canaries(metrics, self.primary_busy)
         self.evidence = EvidenceRecorder(metrics)
+        self.live_calibration = LiveCalibrations(metrics)
         self.tracing = Tracing(settings.tracing)
         self.on_state_change: Callable[[State], None] | None = None
 
@@ -159,6 +161,9 @@ class GuardrailService:
                 self.canaries.watch(dep.name, worker.runner, worker.executor, cfg.canaries)
             if cfg.evidence is not None:
                 await loop.run_in_executor(None, self.evidence.watch, dep.name, cfg.evidence, dep.fingerprint)
+            if cfg.live_calibration is not None and dep.profile is None:
+                live = self.live_calibration
+                await loop.run_in_executor(executor, live.watch, dep, cfg.live_calibration, executor)
             self.metrics.set_capacity(dep.name, worker.capacity)
             log.info("deployment %s ready (%s, %s)", dep.name, cfg.family, cfg.variant)
             if self.state != "warming":  # drained while loading: never report serving
@@ -276,6 +281,8 @@ class GuardrailService:
         self._finished(report, seconds)
         if result.drift_summary is not None:
             self.drift.add(req.deployment, result.drift_summary)
+        if result.calibration_run is not None:
+            self.live_calibration.add(req.deployment, req.prompt, result.calibration_run)
         if mirrors:
             self._mirror(mirrors, resolved, result)
             if not resolved.return_trajectory:

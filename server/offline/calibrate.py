@@ -13,7 +13,7 @@ from latentguard.detectors.calibration import DEFAULT_CONFIDENCE
 from latentguard.detectors.classifier import Classifier
 from latentguard.server.offline import classifier as classifier_training
 from latentguard.server.offline.trajectories import Collector, Progress, run_grid
-from latentguard.server.pipelines.deployments import probe_settings
+from latentguard.server.pipelines.deployments import new_profile
 
 FIT_FRACTION = 1 / 3  # of the prompts; the other two thirds set the thresholds
 CLASSIFIER_SEEDS = 500_000  # first seed of the classifier's training runs (calibration runs start at 0)
@@ -72,22 +72,11 @@ def calibrate_deployment(
         fitted[clf.name] = clf
     detectors, report = calibrate_detectors(fit.stats, cal.stats, fit.sigmas, fpr, fitted, confidence)
     report.fit_prompts, report.calibration_prompts = len(fit_prompts), len(cal_prompts)
-    profile = CalibrationProfile(
-        deployment=cfg.name,
-        fingerprint=source.fingerprint,
-        steps=cfg.steps,
-        height=cfg.height,
-        width=cfg.width,
-        guidance_scale=cfg.guidance_scale,
-        sigmas=fit.sigmas,
-        detectors={name: det.state_dict() for name, det in detectors.items()},
-        report=report,
-        notes={
-            "prompts": len(fit_prompts) + len(cal_prompts),
-            "seeds_per_prompt": seeds_per_prompt,
-            "attention": probe_settings(cfg),
-            "step_normalisation": f"mean, scale at the {TAIL_QUANTILE:g} quantile",
-        },
-    )
+    notes = {
+        "prompts": len(fit_prompts) + len(cal_prompts),
+        "seeds_per_prompt": seeds_per_prompt,
+        "step_normalisation": f"mean, scale at the {TAIL_QUANTILE:g} quantile",
+    }
+    profile = new_profile(cfg, source.fingerprint, fit.sigmas, detectors, report, notes)
     profile.save(out)
     return profile

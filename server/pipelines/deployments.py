@@ -22,6 +22,7 @@ from latentguard.detectors import (
     build_detectors,
     default_policies,
 )
+from latentguard.detectors.calibration import CalibrationReport
 from latentguard.detectors.drift import DriftReference
 from latentguard.detectors.registry import latent_only
 from latentguard.server.config import BUILTIN_MODELS, CompileConfig, DeploymentConfig
@@ -218,6 +219,16 @@ class Deployment:
     drift: DriftReference | None = None  # what fleet drift compares this deployment's traffic with
     canaries: CanarySet | None = None  # recorded control-prompt canaries
     probe_layers: list[int] = field(default_factory=list)  # attention-probed blocks; [] when off
+    # live calibration (core/live_calibration.py): collecting the served requests' statistics, and
+    # (runs collected, runs needed) so far
+    calibrating: bool = False
+    calibration_runs: tuple[int, int] = (0, 0)
+
+    @property
+    def calibration(self) -> str:
+        """What the report says of the guard: profile (calibrated), collecting (live calibration under
+        way: non_finite only) or none (uncalibrated: non_finite only)."""
+        return "profile" if self.profile is not None else ("collecting" if self.calibrating else "none")
 
     @property
     def name(self) -> str:
@@ -317,14 +328,22 @@ def attach_references(dep: Deployment) -> None:
 
 
 def attach_profile(dep: Deployment) -> None:
-    path = profile_path(dep.config)
+    """The configured (or shipped) profile; a deployment calibrating from live traffic starts without
+    one (core/live_calibration.py attaches its own)."""
+    path = None if dep.config.live_calibration is not None else profile_path(dep.config)
     if path is None:
-        log.warning(
-            "%s: no calibration profile; only non_finite is active (run `latentguard calibrate`)", dep.name
-        )
+        if dep.config.live_calibration is None:
+            log.warning(
+                "%s: no calibration profile; only non_finite is active (run `latentguard calibrate`)",
+                dep.name,
+            )
         dep.detectors = {"non_finite": build_detectors()["non_finite"]}
         return
-    profile = CalibrationProfile.load(path)
+    activate_profile(dep, CalibrationProfile.load(path), path)
+
+
+def activate_profile(dep: Deployment, profile: CalibrationProfile, path: str) -> None:
+    """Score the deployment's requests with this profile's detectors from its next request on."""
     if profile.fingerprint != dep.fingerprint:
         log.warning(
             "%s: profile %s was calibrated on model %s but this model is %s; thresholds may not hold",
@@ -333,9 +352,33 @@ def attach_profile(dep: Deployment) -> None:
             profile.fingerprint,
             dep.fingerprint,
         )
-    dep.profile = profile
-    dep.detectors = profile.build()
-    _match_probes(dep, profile)
+    detectors = profile.build()
+    dep.profile, dep.detectors = profile, detectors
+    _match_probes(dep, profile, path)
+
+
+def new_profile(
+    cfg: DeploymentConfig,
+    fingerprint: str,
+    sigmas: list[float],
+    detectors: dict[str, Detector],
+    report: CalibrationReport,
+    notes: dict[str, Any],
+) -> CalibrationProfile:
+    """The profile of detectors calibrated for a deployment (of weights `fingerprint`) at its default
+    schedule and size (`latentguard calibrate` and live calibration alike)."""
+    return CalibrationProfile(
+        deployment=cfg.name,
+        fingerprint=fingerprint,
+        steps=cfg.steps,
+        height=cfg.height,
+        width=cfg.width,
+        guidance_scale=cfg.guidance_scale,
+        sigmas=sigmas,
+        detectors={name: det.state_dict() for name, det in detectors.items()},
+        report=report,
+        notes={**notes, "attention": probe_settings(cfg)},
+    )
 
 
 def probe_settings(config: DeploymentConfig) -> dict[str, Any] | None:
@@ -344,7 +387,7 @@ def probe_settings(config: DeploymentConfig) -> dict[str, Any] | None:
     return {"layers": att.layers, "max_tokens": att.max_tokens} if att.enabled else None
 
 
-def _match_probes(dep: Deployment, profile: CalibrationProfile) -> None:
+def _match_probes(dep: Deployment, profile: CalibrationProfile, path: str) -> None:
     """The attention detectors run only when this deployment probes what its profile was calibrated
     with; otherwise they are dropped (and the probes idle), with the reason in the log."""
     latent = latent_only(dep.detectors)
@@ -356,7 +399,7 @@ def _match_probes(dep: Deployment, profile: CalibrationProfile) -> None:
             "%s: profile %s was not calibrated with these attention probes (%s); attention detectors "
             "are off (re-run `latentguard calibrate`)",
             dep.name,
-            profile_path(dep.config),
+            path,
             probe_settings(dep.config),
         )
     dep.probe_layers, dep.detectors = [], latent

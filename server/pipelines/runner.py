@@ -26,7 +26,7 @@ from PIL import Image
 from latentguard.detectors import Detector, Drill, RequestGuard, StepVerdict
 from latentguard.detectors.drift import request_summary
 from latentguard.detectors.policy import DetectorPolicy
-from latentguard.kernels import Backend
+from latentguard.kernels import Backend, TrajectoryStats
 from latentguard.server.evidence.bundle import Snapshots, snapshots_of
 from latentguard.server.pipelines.adapters import adapters_disabled
 from latentguard.server.pipelines.attention_probes import Recording, recording
@@ -67,6 +67,9 @@ class GenerateResult:
     # undrilled, at the deployment's drift reference's schedule, size and guidance
     drift_summary: np.ndarray | None = None
     snapshots: Snapshots | None = None  # x0_hat pictures for the evidence bundle (deployments keeping one)
+    # live calibration: the request's statistics [1, S, ...] and schedule, when the deployment is
+    # collecting and the request ran its whole trajectory, undrilled, at the deployment's defaults
+    calibration_run: tuple[TrajectoryStats, list[float]] | None = None
 
 
 @dataclass
@@ -232,9 +235,9 @@ class PipelineRunner:
             if dep.config.evidence is not None:
                 monitor = run.guard.monitor
                 snapshots = snapshots_of(run.guard.flagged_x0, i, monitor.steps_seen - 1, monitor.latest_x0)
-            results[i] = GenerateResult(
-                image, report, wanted.element(i) if wanted else None, summary, snapshots
-            )
+            trajectory = wanted.element(i) if wanted else None
+            live = calibration_run(dep, run.guard, i, req) if dep.calibrating else None
+            results[i] = GenerateResult(image, report, trajectory, summary, snapshots, live)
             if el.answer is not None:
                 el.answer(results[i])
 
@@ -281,6 +284,21 @@ def drift_summary(dep: Deployment, guard: RequestGuard, i: int, req: ResolvedReq
     return request_summary(guard.monitor.stacked().index(slice(i, i + 1)))[0]
 
 
+def calibration_run(
+    dep: Deployment, guard: RequestGuard, i: int, req: ResolvedRequest
+) -> tuple[TrajectoryStats, list[float]] | None:
+    cfg = dep.config
+    at_defaults = (req.steps, req.height, req.width, req.guidance_scale) == (
+        cfg.steps,
+        cfg.height,
+        cfg.width,
+        cfg.guidance_scale,
+    )
+    if not at_defaults or req.drill is not None or guard.steps_run != req.steps:
+        return None
+    return guard.monitor.stacked().index(slice(i, i + 1)), guard.sigmas
+
+
 def build_report(
     dep: Deployment,
     guard: RequestGuard,
@@ -312,4 +330,5 @@ def build_report(
         ),
         profile=dep.profile.fingerprint if dep.profile else "",
         profile_exact=profile_exact,
+        calibration=dep.calibration,
     )

@@ -131,6 +131,9 @@ def deployment_to_proto(dep: Deployment) -> pb.DeploymentInfo:
         drift=dep.drift is not None,
         canaries=len(dep.canaries.canaries) if dep.canaries else 0,
         attention_probes=dep.probe_layers,
+        calibration=dep.calibration,
+        calibration_runs=dep.calibration_runs[0],
+        calibration_runs_needed=dep.calibration_runs[1],
     )
 
 

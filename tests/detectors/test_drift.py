@@ -12,6 +12,7 @@ from latentguard.detectors.drift import (
     _top_subspace,
     request_summary,
     step_features,
+    vendi,
 )
 from latentguard.kernels import trajectory_stats
 from latentguard.kernels.stats import TrajectoryStats
@@ -132,3 +133,20 @@ def test_summaries_keep_step_and_channel_order():
 def test_only_requests_at_the_reference_settings_are_comparable(reference):
     assert reference.matches(STEPS, 16, 16, 1.0)
     assert not reference.matches(STEPS + 1, 16, 16, 1.0) and not reference.matches(STEPS, 16, 16, 2.0)
+
+
+def test_the_vendi_score_counts_distinct_samples():
+    assert vendi(np.eye(8)) == pytest.approx(8)  # all unrelated
+    assert vendi(np.ones((8, 8))) == pytest.approx(1)  # all alike
+    two_groups = np.kron(np.eye(2), np.ones((4, 4)))  # two groups of four identical samples
+    assert vendi(two_groups) == pytest.approx(2)
+
+
+def test_a_population_collapsing_toward_one_output_is_caught_by_vendi(reference):
+    """Every request pulled 70% of the way to one summary: each stays in range, the variety goes."""
+    rng = np.random.default_rng(8)
+    fresh = population(2000, rng)
+    one = population(1, rng)
+    collapsed = 0.3 * fresh + 0.7 * one
+    assert alarm_rate(reference, collapsed)["vendi"] >= 0.95
+    assert alarm_rate(reference, population(2000, np.random.default_rng(9)))["vendi"] <= 0.03

@@ -140,6 +140,12 @@ MISSPELT = [
         "EvidenceConfig",
     ),
     (
+        f"deployments: [{{{DEP}, live_calibration: {{held_out: 100}}}}]",
+        "deployments[0].live_calibration.held_out",
+        "held_out_runs",
+        "LiveCalibrationConfig",
+    ),
+    (
         "tracing: {otlp_endpoint: 'http://c:4318/v1/traces', sample_rate: 0.5}",
         "tracing.sample_rate",
         "sample_ratio",

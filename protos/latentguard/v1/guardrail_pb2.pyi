@@ -108,7 +108,7 @@ class Timings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., guard_seconds: _Optional[float] = ..., guard_seconds_per_step: _Optional[float] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("verdict", "deployment", "family", "variant", "seed", "steps_requested", "steps_run", "aborted_at_step", "drill", "detectors", "steps", "timings", "profile", "profile_exact", "attribution", "request_id", "trace_id")
+    __slots__ = ("verdict", "deployment", "family", "variant", "seed", "steps_requested", "steps_run", "aborted_at_step", "drill", "detectors", "steps", "timings", "profile", "profile_exact", "attribution", "request_id", "trace_id", "calibration")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class Report(_message.Message):
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     verdict: str
     deployment: str
     family: str
@@ -143,7 +144,8 @@ class Report(_message.Message):
     attribution: Attribution
     request_id: str
     trace_id: str
-    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    calibration: str
+    def __init__(self, verdict: _Optional[str] = ..., deployment: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., steps_requested: _Optional[int] = ..., steps_run: _Optional[int] = ..., aborted_at_step: _Optional[int] = ..., drill: _Optional[str] = ..., detectors: _Optional[_Iterable[_Union[DetectorResult, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., profile: _Optional[str] = ..., profile_exact: bool = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., calibration: _Optional[str] = ...) -> None: ...
 
 class Attribution(_message.Message):
     __slots__ = ("adapters", "verdict_without_adapters", "flagged_without_adapters", "adapters_caused")
@@ -240,7 +242,7 @@ class ListDeploymentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeploymentInfo(_message.Message):
-    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes", "adapters", "attribution", "drift", "canaries", "attention_probes")
+    __slots__ = ("name", "family", "variant", "model", "default_steps", "default_width", "default_height", "profile", "detectors", "transformer_bytes", "adapters", "attribution", "drift", "canaries", "attention_probes", "calibration", "calibration_runs", "calibration_runs_needed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +258,9 @@ class DeploymentInfo(_message.Message):
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     CANARIES_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_PROBES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_RUNS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_RUNS_NEEDED_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     variant: str
@@ -271,7 +276,10 @@ class DeploymentInfo(_message.Message):
     drift: bool
     canaries: int
     attention_probes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., attribution: bool = ..., drift: bool = ..., canaries: _Optional[int] = ..., attention_probes: _Optional[_Iterable[int]] = ...) -> None: ...
+    calibration: str
+    calibration_runs: int
+    calibration_runs_needed: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., variant: _Optional[str] = ..., model: _Optional[str] = ..., default_steps: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., profile: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., transformer_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., attribution: bool = ..., drift: bool = ..., canaries: _Optional[int] = ..., attention_probes: _Optional[_Iterable[int]] = ..., calibration: _Optional[str] = ..., calibration_runs: _Optional[int] = ..., calibration_runs_needed: _Optional[int] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("name", "scale")
