@@ -25,11 +25,11 @@ four ways:
   toward one output (an over-fitted LoRA, a quantization that washes prompts out) lowers it while each
   request still looks normal; the score is 1 / Vendi, so that higher is riskier like the others.
 
-Each method's threshold is the (1 - alpha / 4) quantile of its score over windows resampled from
-benign runs on prompts the reference never saw (by prompt, as the detectors' calibration), so that a
-window of an unchanged model raises "any method over its threshold" with probability about alpha
-(ALPHA: half the 1-in-1000 target, for the gap between calibration and fresh prompts). Scores are
-reported divided by their threshold, so 1 is the alarm line.
+Each method's threshold is the (1 - alpha / 5) quantile (alpha shared by the five methods) of its
+score over windows resampled from benign runs on prompts the reference never saw (by prompt, as the
+detectors' calibration), so that a window of an unchanged model raises "any method over its
+threshold" with probability about alpha (ALPHA: half the 1-in-1000 target, for the gap between
+calibration and fresh prompts). Scores are reported divided by their threshold, so 1 is the alarm line.
 
 Everything here is numpy (and scipy), never torch: the server runs it on a thread of its own, where
 torch's OpenMP team would slow the denoising thread (server/core/threads.py).
@@ -185,8 +185,9 @@ class DriftReference:
         return {**self._scores_but_mmd(window, z), "mmd": mmd, "vendi": 1 / vendi(own)}
 
     def scores(self, window: np.ndarray) -> dict[str, float]:
-        """Each method's score divided by its threshold: above 1 is an alarm."""
-        return {m: s / self.thresholds[m] for m, s in self.raw_scores(window).items()}
+        """Each method's score divided by its threshold: above 1 is an alarm. A reference recorded before
+        a method existed (no threshold for it) scores without it."""
+        return {m: s / self.thresholds[m] for m, s in self.raw_scores(window).items() if m in self.thresholds}
 
     def mmd_pvalue(self, window: np.ndarray, permutations: int = 2000, seed: int = 0) -> float:
         """Permutation p-value of the window's MMD against the reference sample: the share of random
