@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test lint docs gpu-check profiles eval eval-fpr eval-drift bench protos promtool chromium clean train quality soak kernels-aot
+.PHONY: install demo test test-slow lint docs gpu-check profiles eval eval-fpr eval-drift bench protos promtool chromium clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,7 +58,11 @@ chromium:
 		else echo "chromium missing: run 'sudo apt-get install chromium'"; fi; }
 
 test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool chromium
-	$(BIN)/python -P -m pytest -q
+	$(BIN)/python -P -m pytest -q -m "not slow"
+
+## test-slow: the tests of a minute or more each (the CLI's default calibration of a user's folder, init)
+test-slow: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool chromium
+	$(BIN)/python -P -m pytest -q -m slow
 
 ## docs: regenerate the reference pages and tables, then serve the docs site on http://127.0.0.1:8000
 docs: $(STAMP)

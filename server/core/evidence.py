@@ -12,11 +12,13 @@ each replica its own prefix (e.g. s3://bucket/evidence/$POD_NAME) when several w
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,27 +104,22 @@ class EvidenceRecorder:
                 self.metrics.evidence_write(report.deployment, "dropped")
                 return
             self.pending += 1
-        self.executor.submit(self._write, kept, report, image, snapshots, prompt, source)
+        build = functools.partial(
+            bundle_files,
+            report,
+            image=image,
+            snapshots=snapshots,
+            prompt=prompt,
+            prompts=kept.prompts,
+            weights=kept.weights,
+            source=source,
+        )
+        self.executor.submit(self._write, kept, report, build)
 
-    def _write(
-        self,
-        kept: _Kept,
-        report: Report,
-        image: Image.Image | None,
-        snapshots: Snapshots | None,
-        prompt: str | None,
-        source: str,
-    ) -> None:
+    def _write(self, kept: _Kept, report: Report, build: Callable[[], tuple[str, dict[str, bytes]]]) -> None:
+        """On the writer thread: encode (PNGs), write, evict; count the outcome."""
         try:
-            folder, files = bundle_files(
-                report,
-                image=image,
-                snapshots=snapshots,
-                prompt=prompt,
-                prompts=kept.prompts,
-                weights=kept.weights,
-                source=source,
-            )
+            folder, files = build()
             kept.store.put(folder, files)
             kept.bundles.append((folder, sum(len(v) for v in files.values())))
             self.metrics.evidence_write(report.deployment, "written")

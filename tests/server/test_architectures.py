@@ -108,6 +108,7 @@ def test_calibrated_then_every_detector_and_every_step_is_guarded(name, folders,
     assert all(s.attention_entropy is not None and s.attention_rank is not None for s in report.steps)
 
 
+@pytest.mark.slow  # about 2.5 minutes each on 2 cores: `make test-slow`
 @pytest.mark.parametrize("name", ["sd3.5-medium", "flux.1-dev"])
 def test_the_cli_calibrates_a_users_folder_with_its_defaults(name, folders, tmp_path):
     """`latentguard calibrate` with nothing but the config, deployment and output: 1600 calibration
@@ -131,6 +132,7 @@ def test_the_cli_calibrates_a_users_folder_with_its_defaults(name, folders, tmp_
     assert all(s.attention_entropy is not None for s in report.steps)
 
 
+@pytest.mark.slow  # about a minute: `make test-slow`
 def test_init_writes_a_config_that_serves_the_folder_guarded(folders, tmp_path):
     """`latentguard init` on a FLUX.1-dev-like folder (a small prompt set and a loose target, so that it
     takes seconds): the config it writes loads the folder with its profile, drift reference and
