@@ -58,7 +58,7 @@ chromium:
 		else echo "chromium missing: run 'sudo apt-get install chromium'"; fi; }
 
 test: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool chromium
-	$(BIN)/python -P -m pytest -q -m "not slow"
+	$(BIN)/python -P -m pytest -q -m "not slow" --durations=20
 
 ## test-slow: the tests of a minute or more each (the CLI's default calibration of a user's folder, init)
 test-slow: $(STAMP) $(PROTOC_STAMP) $(TRITON_STAMP) promtool chromium
