@@ -53,9 +53,14 @@ def is_fit_prompt(prompt: str) -> bool:
     return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % FIT_SHARE == 0
 
 
-def detectors_to_threshold(stats: TrajectoryStats) -> int:
-    """How many detectors calibration thresholds jointly on runs like these (non_finite is not)."""
-    return sum(cls.can_read(stats) for name, cls in DETECTORS.items() if name != "non_finite")
+def detectors_to_threshold(dep: Deployment) -> int:
+    """How many detectors calibration will threshold jointly (not non_finite; the attention ones only
+    when the deployment probes: a backend that blinds the probes leaves fewer, so this is an upper
+    bound and the runs it asks for are enough)."""
+    return sum(
+        name != "non_finite" and (bool(dep.probe_layers) or not cls.requires)
+        for name, cls in DETECTORS.items()
+    )
 
 
 class LiveCalibration:
@@ -72,7 +77,8 @@ class LiveCalibration:
         self.sigmas: list[float] = []
         self.since_checkpoint = 0
         self.fitting = False
-        self.needed: tuple[int, int] | None = None  # (fit, held-out) runs; known from the first run
+        held = cfg.held_out_runs or runs_needed(detectors_to_threshold(dep), cfg.fpr, cfg.confidence)
+        self.needed = (math.ceil(held / (FIT_SHARE - 1)), held)  # (fit, held-out) runs
         self.task: asyncio.Future[None] | None = None
 
     # --- start ------------------------------------------------------------------------------------
@@ -92,26 +98,18 @@ class LiveCalibration:
                 if fields:
                     stats = TrajectoryStats(**fields)
                     runs.extend(stats.index(slice(i, i + 1)) for i in range(stats.mean.shape[0]))
-            if self.fit or self.held:
-                self._plan((self.fit or self.held)[0])
         self.dep.calibrating = True
         self._publish()
         log.info(
-            "%s: calibrating from live traffic (%d of %s runs so far; non_finite only until then)",
+            "%s: calibrating from live traffic (%d of %d runs so far; non_finite only until then)",
             self.dep.name,
             len(self.fit) + len(self.held),
-            sum(self.needed) if self.needed else "?",
+            sum(self.needed),
         )
-
-    def _plan(self, stats: TrajectoryStats) -> None:
-        held = self.cfg.held_out_runs or runs_needed(
-            detectors_to_threshold(stats), self.cfg.fpr, self.cfg.confidence
-        )
-        self.needed = (math.ceil(held / (FIT_SHARE - 1)), held)
 
     def _publish(self) -> None:
         collected = len(self.fit) + len(self.held)
-        self.dep.calibration_runs = (collected, sum(self.needed) if self.needed else 0)
+        self.dep.calibration_runs = (collected, sum(self.needed))
         self.metrics.set_calibration_runs(self.dep.name, *self.dep.calibration_runs)
 
     # --- serving ------------------------------------------------------------------------------------
@@ -119,13 +117,10 @@ class LiveCalibration:
         """A finished request's run (on the event loop); fits once there are enough."""
         if not self.dep.calibrating or self.fitting:
             return
-        if self.needed is None:
-            self._plan(stats)
         self.sigmas = sigmas
         (self.fit if is_fit_prompt(prompt) else self.held).append(stats)
         self._publish()
         self.since_checkpoint += 1
-        assert self.needed is not None
         if len(self.fit) >= self.needed[0] and len(self.held) >= self.needed[1]:
             self.fitting = True
             self.task = asyncio.ensure_future(self._fit())

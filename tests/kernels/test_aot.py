@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import triton  # noqa: F401  # `make test` installs it: missing, these tests fail, never skip
 
 from latentguard.kernels import aot
 
 
+@pytest.mark.slow  # about 70 s on a cold cache: `make test-slow` and `make kernels-aot`
 def test_every_kernel_fits_every_target_architecture():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(

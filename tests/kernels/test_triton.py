@@ -45,8 +45,23 @@ def sqnr_db(got: torch.Tensor, want: torch.Tensor) -> float:
     return math.inf if noise == 0 else float(10 * torch.log10(want.double().square().sum() / noise))
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("name", DTYPES)
+LARGE = {(1, 16, 64, 64), (2, 2, 128, 128)}  # ~18 s each interpreted: fp32 and int4 in `make test`
+
+
+def oracle_cases() -> list:
+    return [
+        pytest.param(
+            name,
+            shape,
+            marks=[pytest.mark.slow] if shape in LARGE and name not in ("fp32", "int4") else [],
+            id=f"{name}-{'x'.join(map(str, shape))}",
+        )
+        for name in DTYPES
+        for shape in SHAPES
+    ]
+
+
+@pytest.mark.parametrize(("name", "shape"), oracle_cases())
 def test_kernel_matches_oracle_on_the_values_it_reads(name, shape):
     q = quantise(latent_like(shape, seed=sum(shape)), name)
     got = trajectory_stats(q, backend="triton")
@@ -69,7 +84,9 @@ SQNR_FLOOR = {
 }
 
 
-@pytest.mark.parametrize("name", SQNR_FLOOR)
+@pytest.mark.parametrize(  # ~35 s each interpreted: int4 in `make test`, the others in `make test-slow`
+    "name", [pytest.param(n, marks=[] if n == "int4" else [pytest.mark.slow]) for n in SQNR_FLOOR]
+)
 def test_quantised_storage_costs_at_most_its_measured_noise(name):
     x = latent_like((2, 16, 64, 64), seed=0)
     q = quantise(x, name)

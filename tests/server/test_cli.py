@@ -65,7 +65,8 @@ def test_bad_input_exits_2_with_the_message(tmp_path):
     assert result.exit_code == 2 and "unknown deployment 'nope'" in result.output
 
 
-@pytest.mark.parametrize("command", ["calibrate", "train-classifier"])
+# train-classifier (about 80 s: drilled runs and the classifier's training too) in `make test-slow`
+@pytest.mark.parametrize("command", ["calibrate", pytest.param("train-classifier", marks=pytest.mark.slow)])
 def test_calibration_writes_a_profile_that_loads(tmp_path, command):
     from latentguard.detectors import DETECTORS, CalibrationProfile
     from latentguard.server.offline.trajectories import default_prompts

@@ -41,6 +41,9 @@ CONTRACT = {
     "latentguard_canary_tolerance": "gauge",
     "latentguard_canary_runs": "counter",
     "latentguard_adapter_scale": "gauge",  # series only for configured adapters
+    "latentguard_calibration_runs": "gauge",
+    "latentguard_calibration_runs_needed": "gauge",
+    "latentguard_evidence_writes": "counter",
 }
 
 

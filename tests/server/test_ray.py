@@ -45,6 +45,7 @@ def test_sharded_runs_match_a_local_run(ray_cluster, sd3, settings):
         torch.testing.assert_close(getattr(got.stats, name), value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # about 40 s; test_sharded_runs_match_a_local_run stays in `make test`
 def test_the_same_profile_from_a_local_run_and_from_ray(ray_cluster, sd3, settings, tmp_path):
     prompts = default_prompts("calibration")[:60]
     common = {"prompts": prompts, "seeds_per_prompt": 2, "fpr": 0.2}

@@ -82,7 +82,11 @@ def sigterm_until_exit(server: ServeProcess, timeout: float = 120) -> int:
     return server.proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "first",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # SIGINT: `make test-slow`
+    ids=["SIGTERM", "SIGINT"],
+)
 def test_a_drain_loses_no_request_in_flight_and_exits_0_whatever_signals_follow(first):
     server = ServeProcess(grace_seconds=120, stderr=subprocess.DEVNULL)
     try:
