@@ -48,7 +48,7 @@ def test_a_deployment_calibrates_from_its_traffic_and_matches_offline_calibratio
         assert start.calibration == "collecting" and start.calibration_runs == 0
         assert start.detectors == ["non_finite"]
         needed = start.calibration_runs_needed
-        assert 60 <= needed <= 80  # about 45 held-out runs for 13 detectors at 40%, and half as many fit
+        assert 40 <= needed <= 80  # 36-45 held-out runs for 10-13 detectors at 40%, and half as many fit
         report = None
         for i in range(3 * 150):
             if info(stub).calibration == "profile":
