@@ -4,7 +4,9 @@
 
 CPU (always), per latent shape 1 x 16 x H x W:
     naive     per-channel op-by-op eager baseline (kernels/oracle.py in float32)
-    fast      the torch path `backend="reference"` (what runs off-GPU)
+    fast      the torch path `backend="reference"` (what runs off-GPU), eager
+    compiled  the same with its epilogue compiled by inductor (`compile_stats`; kernels/compiled.py),
+              after `warm_up_compiled` (its compile time is reported too)
     isolation the part of it that computes `isolation` / `isolation_at` (round 6), alone
     rfft2     torch.fft.rfft2 of the same planes alone: the floor the fast path is measured against
 GPU (only when CUDA is present; runs unchanged there), per batch and input dtype, CUDA events:
@@ -30,7 +32,7 @@ warnings.filterwarnings("ignore")
 
 from run_record import append_row  # noqa: E402
 
-from latentguard.kernels import pack_int4, trajectory_stats  # noqa: E402
+from latentguard.kernels import compiled, pack_int4, trajectory_stats  # noqa: E402
 from latentguard.kernels.oracle import trajectory_stats_oracle  # noqa: E402
 from latentguard.kernels.torch_stats import _isolation  # noqa: E402
 
@@ -52,7 +54,7 @@ def cpu_ms(fn: Callable[[], object], repeats: int, inner: int) -> float:
 
 
 def bench_cpu(quick: bool) -> dict[str, float]:
-    results: dict[str, float] = {}
+    results: dict[str, float] = {"cpu_threads": torch.get_num_threads()}
     repeats = 3 if quick else 9
     for n in SIZES:
         x = torch.randn(1, 16, n, n, generator=torch.Generator().manual_seed(n))
@@ -63,6 +65,12 @@ def bench_cpu(quick: bool) -> dict[str, float]:
         served = cpu_ms(lambda: trajectory_stats(x, backend="reference", previous=previous), repeats, 50)  # noqa: B023
         floor = cpu_ms(lambda: torch.fft.rfft2(planes), repeats, 50)  # noqa: B023
         isolation = cpu_ms(lambda: _isolation(planes), repeats, 50)  # noqa: B023
+        t0 = time.perf_counter()
+        compiled.warm_up_compiled(n, n)
+        compile_s = time.perf_counter() - t0
+        fast_c = cpu_ms(lambda: trajectory_stats(x, backend="reference"), repeats, 50)  # noqa: B023
+        served_c = cpu_ms(lambda: trajectory_stats(x, backend="reference", previous=previous), repeats, 50)  # noqa: B023
+        compiled.reset()
         key = f"cpu_16x{n}x{n}"
         results |= {
             f"{key}_naive_ms": naive,
@@ -73,6 +81,12 @@ def bench_cpu(quick: bool) -> dict[str, float]:
             f"{key}_with_previous_ms": served,
             f"{key}_with_previous_over_fast": served / fast,
             f"{key}_isolation_share": isolation / fast,
+            f"{key}_compiled_ms": fast_c,
+            f"{key}_compiled_over_rfft2": fast_c / floor,
+            f"{key}_compiled_with_previous_ms": served_c,
+            f"{key}_compiled_with_previous_over_rfft2": served_c / floor,
+            f"{key}_eager_over_compiled": fast / fast_c,
+            f"{key}_compile_s": compile_s,
         }
     return results
 
@@ -139,7 +153,7 @@ def main() -> None:
     else:
         print("no CUDA device: GPU rows skipped (the Triton figures in the README are estimates)")
     for key, value in results.items():
-        print(f"{key:36s} {value:10.3f}")
+        print(f"{key:44s} {value:10.3f}")
     append_row(HERE / "kernels.csv", results)
 
 

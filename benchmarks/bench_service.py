@@ -20,7 +20,10 @@
    tiny-sd3 step (16 x 32 x 32).
 4. Inspect (sidecar) throughput in steps/s and p50/p99 added latency per step, for
    16 x 128 x 128 bf16 latents over loopback to a `latentguard serve` process, and that process's
-   lone Generate latency before and after the Inspect sessions (`generate_after_inspect_ratio`).
+   lone Generate latency before and after the Inspect sessions (`generate_after_ratio`); with the
+   eager statistics (`inspect_*`) and with `compile_stats` (`inspect_compiled_*`).
+5. sidecar: a user's own pipeline bare, with the blocking InspectCallback and with the pipelined one
+   (what each adds per step).
 Results are printed and appended to benchmarks/results.csv with device, commit and date.
 """
 
@@ -316,9 +319,10 @@ def bench_grpc_vs_inprocess(repeats: int) -> dict[str, float]:
 
 
 @contextmanager
-def serve(deployment: str, **updates) -> Iterator[Any]:
-    """A `latentguard serve` process serving one built-in deployment (with config `updates`), as in
-    production: the clients here run in another process. Yields a Guardrail stub."""
+def serve(deployment: str, settings: dict[str, Any] | None = None, **updates) -> Iterator[Any]:
+    """A `latentguard serve` process serving one built-in deployment (with config `updates`, and
+    top-level `settings`), as in production: the clients here run in another process. Yields
+    (a Guardrail stub, the target)."""
     import subprocess
     import tempfile
 
@@ -333,24 +337,26 @@ def serve(deployment: str, **updates) -> Iterator[Any]:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "latentguard.yaml"
         dump = {"device": DEVICE, "deployments": [cfg.model_dump(mode="json", exclude_none=True)]}
+        dump |= settings or {}
         config.write_text(yaml.safe_dump(dump))
         server = ServeProcess(config=str(config), stderr=subprocess.DEVNULL)
         try:
-            yield pb_grpc.GuardrailStub(channel(server.wait_serving().target))
+            target = server.wait_serving(timeout=600).target  # compile_stats: minutes the first time
+            yield pb_grpc.GuardrailStub(channel(target)), target
         finally:
             server.terminate()
 
 
-def generate_call(stub: Any, deployment: str) -> Callable[[int], float]:
-    """One Generate with seed i; returns its latency in seconds."""
+def generate_call(stub: Any, deployment: str, side: int = 0) -> Callable[[int], float]:
+    """One Generate with seed i (side x side; 0: the deployment's default); returns its latency in seconds."""
     from latentguard.v1 import guardrail_pb2 as pb
 
     def call(i: int) -> float:
         t = time.perf_counter()
-        stub.Generate(
-            pb.GenerateRequest(deployment=deployment, prompt="a red circle on a blue background", seed=i),
-            timeout=120,
+        request = pb.GenerateRequest(
+            deployment=deployment, prompt="a red circle on a blue background", seed=i, width=side, height=side
         )
+        stub.Generate(request, timeout=120)
         return time.perf_counter() - t
 
     return call
@@ -362,7 +368,7 @@ def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float
     production (on CPU a process computes on one thread: `compute_threads`), run one at a time."""
     out: dict[str, float] = {}
     for mode, size in {"batched": 8, "unbatched": 1}.items():
-        with serve(deployment, max_batch_size=size, max_queue=total) as stub:
+        with serve(deployment, max_batch_size=size, max_queue=total) as (stub, _):
             call = generate_call(stub, deployment)
             with ThreadPoolExecutor(total) as pool:  # warm-up, a full batch included
                 list(pool.map(call, range(total)))
@@ -385,17 +391,19 @@ def bench_batching(deployment: str, total: int, repeats: int) -> dict[str, float
     return out
 
 
-def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
-    """Inspect sessions against a `latentguard serve` process, and a lone tiny-sd3 Generate's latency
-    before and after them (median of 15): Inspect computes on threads of its own, which must not
-    slow the model's (server/core/threads.py)."""
+def bench_inspect(sessions: int, steps: int, compile_stats: bool) -> dict[str, float]:
+    """Inspect sessions against a `latentguard serve` process, and a lone 256 x 256 tiny-sd3
+    Generate's latency before and after them (median of 15): Inspect computes on threads of its own,
+    which must not slow the model's (server/core/threads.py). The deployment's default size is
+    1024 x 1024 (latents 16 x 128 x 128, the frames sent), which `compile_stats` compiles for."""
     from latentguard.server.rpc.client import tensor_frame
 
     sigmas = torch.linspace(1, 0, steps + 1).tolist()
     g = torch.Generator().manual_seed(0)
     frames = [torch.randn(1, 16, 128, 128, generator=g).to(torch.bfloat16) for _ in range(steps + 1)]
-    with serve("tiny-sd3") as stub:
-        call = generate_call(stub, "tiny-sd3")
+    settings = {"compile_stats": compile_stats}
+    with serve("tiny-sd3", settings, width=1024, height=1024) as (stub, _):
+        call = generate_call(stub, "tiny-sd3", side=256)
         call(0)
         before = statistics.median(call(i) for i in range(15))
         latencies, total_steps = [], 0
@@ -415,18 +423,69 @@ def bench_inspect(sessions: int, steps: int) -> dict[str, float]:
         elapsed = time.perf_counter() - t0
         after = statistics.median(call(i) for i in range(15))
     latencies.sort()
+    key = "inspect_compiled" if compile_stats else "inspect"
     return {
-        "inspect_steps_per_s": total_steps / elapsed,
-        "inspect_p50_ms": latencies[len(latencies) // 2] * 1e3,
-        "inspect_p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
-        "generate_before_inspect_ms": before * 1e3,
-        "generate_after_inspect_ms": after * 1e3,
-        "generate_after_inspect_ratio": after / before,
+        f"{key}_steps_per_s": total_steps / elapsed,
+        f"{key}_p50_ms": latencies[len(latencies) // 2] * 1e3,
+        f"{key}_p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        f"{key}_generate_before_ms": before * 1e3,
+        f"{key}_generate_after_ms": after * 1e3,
+        f"{key}_generate_after_ratio": after / before,
+    }
+
+
+def bench_sidecar(steps: int, repeats: int) -> dict[str, float]:
+    """A user's own tiny-sd3 pipeline at 1024 x 1024 (latents 16 x 128 x 128) in this process, bare
+    and with InspectCallback to a `latentguard serve` process (compile_stats on), blocking and
+    pipelined, on the same seeds, order rotating; medians of `repeats` runs per mode. What the
+    pipeline pays per step for each mode: (mode - bare) / steps."""
+    from latentguard.server.config import builtin_deployments
+    from latentguard.server.pipelines.deployments import load_deployment
+    from latentguard.server.rpc.client import InspectCallback
+
+    dep = load_deployment(next(d for d in builtin_deployments() if d.name == "tiny-sd3"), DEVICE)
+    side = 1024
+
+    def run(mode: str, target: str, seed: int) -> float:
+        noise = initial_noise(dep, [seed], side, side)
+        callback = None
+        if mode != "bare":
+            callback = InspectCallback(
+                target, "tiny-sd3", dep.pipe, noise, side, side, pipelined=mode == "pipelined"
+            )
+        t = time.perf_counter()
+        dep.pipe(
+            "a red circle on a blue background",
+            num_inference_steps=steps,
+            latents=dep.family.to_pipeline(noise),
+            output_type="latent",
+            max_sequence_length=dep.config.max_sequence_length,
+            height=side,
+            width=side,
+            callback_on_step_end=callback,
+        )
+        return time.perf_counter() - t
+
+    modes = ["bare", "blocking", "pipelined"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    with serve("tiny-sd3", {"compile_stats": True}, width=side, height=side) as (_, target):
+        for m in modes:
+            run(m, target, 0)  # warm-up
+        for r in range(repeats):
+            for m in modes[r % 3 :] + modes[: r % 3]:
+                times[m].append(run(m, target, 100 + r))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {
+        "sidecar_bare_step_ms": med["bare"] / steps * 1e3,
+        "sidecar_blocking_added_step_ms": (med["blocking"] - med["bare"]) / steps * 1e3,
+        "sidecar_pipelined_added_step_ms": (med["pipelined"] - med["bare"]) / steps * 1e3,
+        "sidecar_blocking_over_bare": med["blocking"] / med["bare"],
+        "sidecar_pipelined_over_bare": med["pipelined"] / med["bare"],
     }
 
 
 #: what `--only` chooses from, in the order they run
-SECTIONS = ("guard", "threads", "batching", "detectors", "grpc", "inspect")
+SECTIONS = ("guard", "threads", "batching", "detectors", "grpc", "inspect", "sidecar")
 
 
 def main() -> None:
@@ -464,7 +523,10 @@ def main() -> None:
     if "grpc" in only:
         results.update(bench_grpc_vs_inprocess(repeats=3 if args.quick else 10))
     if "inspect" in only:
-        results.update(bench_inspect(sessions=2 if args.quick else 5, steps=20))
+        for compile_stats in (False, True):
+            results.update(bench_inspect(2 if args.quick else 5, 20, compile_stats))
+    if "sidecar" in only:
+        results.update(bench_sidecar(steps=8, repeats=1 if args.quick else 5))
     for k, v in results.items():
         print(f"{k:24s} {v:10.3f}")
     append_row(HERE / "results.csv", results, DEVICE)

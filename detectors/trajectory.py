@@ -22,9 +22,9 @@ from latentguard.kernels import Backend, TrajectoryStats, trajectory_stats
 def denoised_estimate(
     x_t: torch.Tensor, x_next: torch.Tensor, sigma: float, sigma_next: float
 ) -> torch.Tensor:
-    """x0_hat at noise level `sigma` from one Euler step to `sigma_next` (flow matching)."""
-    velocity = (x_next.float() - x_t.float()) / (sigma_next - sigma)
-    return x_t.float() - sigma * velocity
+    """x0_hat at noise level `sigma` from one Euler step to `sigma_next` (flow matching):
+    x_t - sigma v = x_t + w (x_next - x_t), w = sigma / (sigma - sigma_next), in one pass (lerp)."""
+    return torch.lerp(x_t.float(), x_next.float(), sigma / (sigma - sigma_next))
 
 
 def x0_to_latent_delta(delta_x0: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:

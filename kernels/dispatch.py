@@ -19,9 +19,10 @@ from typing import Literal
 
 import torch
 
+from latentguard.kernels import compiled
 from latentguard.kernels.packing import PackedInt4
 from latentguard.kernels.stats import TrajectoryStats, check_shape, interpreted, padded_side
-from latentguard.kernels.torch_stats import change_stats_torch, trajectory_stats_torch
+from latentguard.kernels.torch_stats import trajectory_stats_torch
 
 Backend = Literal["auto", "triton", "reference"]
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ def triton_available(device: torch.device) -> bool:
 
 
 def fallbacks() -> dict[str, str]:
-    """Why 'auto' ran another backend than the one it wanted (reason -> backend used), so far."""
-    return dict(_FALLBACKS)
+    """Why 'auto' ran another backend than the one it wanted, or the torch path ran eagerly where it
+    was compiled to run (reason -> what ran instead), so far."""
+    return _FALLBACKS | compiled.FAILED
 
 
 def _fall_back(reason: str) -> Literal["reference"]:
@@ -94,8 +96,8 @@ def trajectory_stats(
     `previous` (same shape; the previous step's estimate) sets `change_flatness` and `change_crest`,
     the high-band flatness and the crest of latents - previous: on the Triton path the batch is
     doubled to [latents, latents - previous] (float32) and goes through the same single launch; the
-    torch path adds only the difference's spectrum and crest. Without it, previous is 0 and the
-    fields are hf_flatness and crest.
+    torch path stacks the difference the same way (one rfft2) and keeps only its flatness and crest.
+    Without it, previous is 0 and the fields are hf_flatness and crest.
     """
     check_shape(tuple(latents.shape))
     if previous is None:
@@ -105,10 +107,7 @@ def trajectory_stats(
     if previous.shape != latents.shape:
         raise ValueError(f"previous has shape {tuple(previous.shape)}, latents {tuple(latents.shape)}")
     if resolve_backend(backend, latents.device) == "reference":
-        flatness, crest = change_stats_torch(latents, previous.to(latents.device))
-        return dataclasses.replace(
-            trajectory_stats_torch(latents), change_flatness=flatness, change_crest=crest
-        )
+        return trajectory_stats_torch(latents, previous.to(latents.device), compiled.epilogue)
     x = latents.float()
     both = _backend_stats(torch.cat([x, x - previous.to(x.device, torch.float32)]), backend)
     b = latents.shape[0]
@@ -130,7 +129,7 @@ def _backend_stats(latents: torch.Tensor | PackedInt4, backend: Backend) -> Traj
             except Exception as exc:  # out of resources, a compiler error: serve on, on the torch path
                 log.error("trajectory_stats: %s: %s: %s", failed, type(exc).__name__, exc)
                 _fall_back(failed)
-    return trajectory_stats_torch(latents)
+    return trajectory_stats_torch(latents, epilogue=compiled.epilogue)
 
 
 def warm_up(

@@ -413,6 +413,10 @@ class Settings(BaseSettings):
     shadow: list[ShadowConfig] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     backend: Literal["auto", "triton", "reference"] = "auto"
+    # CPU only: compile the torch path's statistics with inductor (a C++ compiler) for each
+    # deployment's default latent size at start (tens of seconds each; cached on disk); about twice
+    # as fast (docs/benchmarks.md); other sizes and any failure run the eager path
+    compile_stats: bool = False
     device: str = "cpu"
     host: str = "127.0.0.1"
     port: int = 50051

@@ -187,7 +187,8 @@ class Metrics:
         )
         self.kernel_fallbacks = Gauge(
             "latentguard_kernel_fallbacks",
-            "Reasons trajectory_stats' 'auto' backend ran the torch path instead of Triton (0: none).",
+            "Reasons trajectory_stats ran a slower path than it was set up for: the torch path instead of "
+            "Triton ('auto'), or the eager torch path where compile_stats compiled it (0: none).",
             registry=registry,
         )
         self.kernel_fallbacks.set_function(lambda: len(kernel_fallbacks()))

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from latentguard.detectors import StepVerdict
+from latentguard.kernels.compiled import warm_up_compiled
 from latentguard.kernels.dispatch import warm_up as warm_up_kernels
 from latentguard.server.config import Settings, ShadowConfig
 from latentguard.server.core.batching import Batcher
@@ -151,6 +152,10 @@ class GuardrailService:
             await loop.run_in_executor(
                 executor, warm_up_kernels, dep.pipe.device, channels, max_h, max_w, self.settings.backend
             )
+            if self.settings.compile_stats and dep.pipe.device.type == "cpu":
+                _, _, h, w = dep.family.latent_shape(dep.pipe, 1, cfg.height, cfg.width)
+                for thread in (executor, self.inspect_executor):  # their torch thread counts differ
+                    await loop.run_in_executor(thread, warm_up_compiled, h, w)
             if self.settings.warmup:
                 warm = resolve(GenerateRequest(dep.name, "warm-up", steps=2), dep, self.settings.limits)
                 await loop.run_in_executor(worker.executor, worker.runner.generate, warm)

@@ -4,7 +4,7 @@ GNU OpenMP (torch's CPU wheels) gives every thread that runs a parallel op a tea
 the process holds more OpenMP threads than there are CPUs it throttles their spin-waiting, and every
 small op then pays a futex wake-up, on every thread, for the life of the process: a tiny-sd3
 request 1.4-2x slower (benchmarks/bench_service.py, `two_over_one_thread` and
-`generate_after_inspect_ratio`). So on CPU:
+`inspect_generate_after_ratio`). So on CPU:
 
 - the models run on one compute thread that uses torch's full thread count (`compute_threads`);
 - every other thread that runs torch ops (Inspect sessions) uses one OpenMP thread, so it never

@@ -4,14 +4,14 @@
     pipe(prompt, latents=latents, callback_on_step_end=cb)
 
 streams the pipeline's own latents to a running sidecar's `Inspect` and interrupts the pipeline when
-the verdict is abort. The initial noise must be known: pass the `latents=` you give the pipeline as
-`initial`. With `tls=ClientTls(ca=...)` and `token=...` it works against a secured sidecar.
+the verdict is abort (`pipelined=True`: without waiting for each step's verdict; see the class). The
+initial noise must be known: pass the `latents=` you give the pipeline as `initial`. With
+`tls=ClientTls(ca=...)` and `token=...` it works against a secured sidecar.
 """
 
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +47,12 @@ class InspectCallback:
 
     Works for SD3 and FLUX pipelines (FLUX latents are unpacked before sending). After the run,
     `verdicts` holds one `InspectVerdict` per step and `report` the sidecar's final report.
+
+    Blocking (default): each step waits for its own verdict, so an abort stops the pipeline before
+    the next step runs. `pipelined=True`: each step sends its frame and reads the verdict of the step
+    before, which the sidecar scored while the model computed this one; the pipeline pays only the
+    copy-out and the send, and an abort stops it one step later (the frame of the extra step is
+    scored too). The verdicts are the same in both modes (the sidecar sees the same frames).
     """
 
     def __init__(
@@ -59,16 +65,18 @@ class InspectCallback:
         width: int,
         tls: ClientTls | None = None,
         token: str | None = None,
+        pipelined: bool = False,
     ):
         self.stub = pb_grpc.GuardrailStub(channel(target, tls, token))
         self.deployment, self.pipe, self.height, self.width = deployment, pipe, height, width
         self.family = family_of(pipe)
         self.initial = initial
+        self.pipelined = pipelined
         self.verdicts: list[pb.InspectVerdict] = []
         self.report: pb.Report | None = None
         self._out: queue.Queue[pb.InspectFrame | None] = queue.Queue()
         self._responses: Iterator[pb.InspectVerdict] | None = None
-        self._lock = threading.Lock()
+        self._unread = 0  # frames sent whose verdicts have not been read
 
     def _unpack(self, latents: torch.Tensor) -> torch.Tensor:
         return self.family.from_pipeline(latents, self.pipe, self.height, self.width)
@@ -85,19 +93,30 @@ class InspectCallback:
             )
             self._responses = self.stub.Inspect(self._frames())
         self._out.put(tensor_frame(self._unpack(kwargs["latents"]), step))
-        verdict = next(self._responses)
-        self.verdicts.append(verdict)
+        self._unread += 1
         last = step == len(pipe.scheduler.sigmas) - 2
-        if verdict.verdict == "abort" or last:
-            if verdict.verdict == "abort":
+        keep_unread = 1 if self.pipelined and not last else 0
+        while self._unread > keep_unread and not self.aborted:
+            self.verdicts.append(next(self._responses))
+            self._unread -= 1
+        if self.aborted or last:
+            if self.aborted:
                 self.family.interrupt(pipe)
             self.close()
         return {}
 
+    @property
+    def aborted(self) -> bool:
+        return bool(self.verdicts) and self.verdicts[-1].verdict == "abort"
+
     def close(self) -> None:
+        """End the stream: the verdicts not read yet, then the report."""
         if self._responses is None or self.report is not None:
             return
         self._out.put(None)
         for final in self._responses:
             if final.HasField("report"):
                 self.report = final.report
+            else:
+                self.verdicts.append(final)
+        self._unread = 0

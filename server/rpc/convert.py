@@ -85,7 +85,7 @@ def tensor_to_proto(t: torch.Tensor) -> pb.Tensor:
 
 
 def tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
-    return tensors.decode(msg.data, msg.dtype, list(msg.shape))
+    return tensors.decode(msg.data, msg.dtype, list(msg.shape)).clone()  # the caller may write into it
 
 
 def trajectory_to_proto(traj: RecordedTrajectory) -> pb.Trajectory:

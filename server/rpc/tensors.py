@@ -1,11 +1,13 @@
 """Tensors on the wire (Inspect frames, returned trajectories): raw little-endian bytes + dtype + shape.
 
-One encoder and one validating decoder, shared by the client and the server.
+One encoder and one validating decoder, shared by the client and the server. A decoded tensor is a
+read-only view of the message's bytes (no copy): whatever reads it must not write into it.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -33,4 +35,6 @@ def decode(data: bytes, dtype: str, shape: list[int], ndim: int = 4) -> torch.Te
     expected = math.prod(shape) * torch.empty((), dtype=tdtype).element_size()
     if len(data) != expected:
         raise InvalidArgument(f"latents have {len(data)} bytes; {dtype} {list(shape)} needs {expected}")
-    return torch.frombuffer(bytearray(data), dtype=tdtype).reshape(shape)
+    with warnings.catch_warnings():  # the message's bytes are read-only: nothing writes into them
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+        return torch.frombuffer(data, dtype=tdtype).reshape(shape)  # no copy: a view of the message

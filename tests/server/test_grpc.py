@@ -219,6 +219,43 @@ def test_inspect_aborts_the_external_pipeline_on_nan(server, deployments):
     assert cb.report is not None and cb.report.verdict == "abort" and cb.report.aborted_at_step == 4
 
 
+def test_pipelined_inspect_gives_the_blocking_verdicts_and_aborts_one_step_later(server, deployments):
+    """Pipelined mode reads each verdict one step later; the sidecar sees the same frames, so the
+    verdicts are the blocking ones, and an abort stops the pipeline at the step after."""
+    dep = deployments["tiny-flux"]
+    noise = initial_noise(dep, [3], 256, 256)
+
+    def drive(pipelined: bool, corrupt_at: int | None) -> tuple[InspectCallback, list[int]]:
+        cb = InspectCallback(server.target, "tiny-flux", dep.pipe, noise, 256, 256, pipelined=pipelined)
+        steps_seen: list[int] = []
+
+        def callback(pipe, step, t, kwargs):
+            steps_seen.append(step)
+            if step == corrupt_at:
+                kwargs["latents"][0, 0, 0] = float("nan")
+            return cb(pipe, step, t, kwargs)
+
+        run_own_pipeline(dep, "a fox", noise, 8, callback)
+        return cb, steps_seen
+
+    def summary(cb: InspectCallback) -> list[tuple]:
+        return [(v.step, v.verdict, tuple(v.flagged), tuple(sorted(v.scores.items()))) for v in cb.verdicts]
+
+    blocking, _ = drive(False, None)
+    pipelined, seen = drive(True, None)
+    assert seen == list(range(8)) and summary(pipelined) == summary(blocking)
+    assert [v.step for v in pipelined.verdicts] == list(range(8))
+    assert pipelined.report is not None and pipelined.report.verdict == blocking.report.verdict == "pass"
+
+    blocking, seen_blocking = drive(False, 4)
+    pipelined, seen_pipelined = drive(True, 4)
+    assert seen_blocking == [0, 1, 2, 3, 4] and seen_pipelined == [0, 1, 2, 3, 4, 5]
+    assert summary(pipelined)[:5] == summary(blocking)
+    assert pipelined.verdicts[4].verdict == "abort" and "non_finite" in pipelined.verdicts[4].flagged
+    assert [v.step for v in pipelined.verdicts] == list(range(6))  # the extra step is scored too
+    assert pipelined.report.verdict == "abort" and pipelined.report.aborted_at_step == 4
+
+
 def test_inspect_runs_its_torch_work_on_the_pinned_inspect_threads(stub, monkeypatch):
     """Opening a session converts the initial latents to float32. On the event loop that gave the
     loop's thread an OpenMP team of its own, and every later Generate of a `latentguard serve`

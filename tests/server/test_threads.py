@@ -62,3 +62,29 @@ def test_thread_counts_are_pinned_per_thread(settings):
     assert torch.get_num_threads() == PROCESS_THREADS  # this thread's count is its own
     side.shutdown()
     compute.shutdown()
+
+
+def test_compile_stats_compiles_at_start_for_each_thread_count_that_computes_statistics(monkeypatch):
+    """The compiled epilogue is keyed by thread count (inductor builds it into the code): the server
+    compiles it for the deployment's default latent size on the compute thread and on an Inspect
+    thread, before serving, and not at all without compile_stats."""
+    from latentguard.server.config import Settings, builtin_deployments
+    from latentguard.server.core import service
+    from latentguard.server.harness.background import BackgroundServer
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(
+        service, "warm_up_compiled", lambda h, w: calls.append((h, w, torch.get_num_threads()))
+    )
+    sd3 = next(d for d in builtin_deployments() if d.name == "tiny-sd3")
+    for compile_stats in (False, True):
+        settings = Settings(
+            deployments=[sd3],
+            compile_stats=compile_stats,
+            warmup=False,
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+        )
+        BackgroundServer(settings).start().stop()
+    assert calls == [(32, 32, PROCESS_THREADS), (32, 32, 1)]  # tiny-sd3: 256 x 256, latents 32 x 32
