@@ -464,7 +464,7 @@ def section_inspect(smoke: bool) -> Section:
     sigmas = torch.linspace(1, 0, steps + 1).tolist()
     frames = [latent_like((1, 16, side, side), seed=s).to(DEVICE, torch.bfloat16) for s in range(steps + 1)]
     latencies = []
-    with serve("tiny-sd3", warmup=False) as stub:
+    with serve("tiny-sd3", {"warmup": False}) as (stub, _):
         for _ in range(sessions):
             q: queue.Queue = queue.Queue()
             q.put(tensor_frame(frames[0].cpu(), -1, deployment="tiny-sd3", sigmas=sigmas))

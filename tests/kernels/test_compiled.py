@@ -51,7 +51,8 @@ def test_without_a_compiler_it_says_so_and_serves_eagerly(monkeypatch, tmp_path,
     with caplog.at_level("ERROR", logger="latentguard.kernels.compiled"):
         assert not compiled.warm_up_compiled(8, 12)
     threads = torch.get_num_threads()
-    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+    ours = [r for r in caplog.records if r.name == "latentguard.kernels.compiled"]  # inductor logs too
+    assert [r.getMessage().split(" (")[0] for r in ours] == [
         f"trajectory_stats: the compiled torch path failed to build for 8x12 at {threads} threads"
     ]
     assert list(dispatch.fallbacks().values()) == ["eager"]
