@@ -1,8 +1,8 @@
 """The torch path's epilogue compiled by inductor's C++ backend: optional, compiled ahead of use.
 
 Everything `trajectory_stats_torch` does after its rfft2 (`stats_epilogue`: about thirty passes
-over the planes and their spectrum in eager mode) fuses into a few loops; on CPU that halves the
-statistics' time (benchmarks/bench_kernels.py, `compiled`). Compiling takes tens of seconds per plane
+over the planes and their spectrum in eager mode) fuses into a few loops: at two threads the
+statistics take 1.2-2x less time; at one thread (Inspect's) no less (docs/benchmarks.md). Compiling takes tens of seconds per plane
 size, so nothing compiles while a request waits: `warm_up_compiled(H, W)` compiles for planes of
 that size (any batch) at the calling thread's torch thread count, and `epilogue` uses the compiled
 code only where it was warmed up; everywhere else, and wherever compiling or running it fails (no C++

@@ -414,8 +414,8 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     backend: Literal["auto", "triton", "reference"] = "auto"
     # CPU only: compile the torch path's statistics with inductor (a C++ compiler) for each
-    # deployment's default latent size at start (tens of seconds each; cached on disk); about twice
-    # as fast (docs/benchmarks.md); other sizes and any failure run the eager path
+    # deployment's default latent size at start (40-80 s each cold; cached on disk): 1.2-2x faster at
+    # two threads, not at Inspect's one (docs/benchmarks.md); other sizes and failures run eager
     compile_stats: bool = False
     device: str = "cpu"
     host: str = "127.0.0.1"
