@@ -2,12 +2,12 @@
 
 Everything `trajectory_stats_torch` does after its rfft2 (`stats_epilogue`: about thirty passes
 over the planes and their spectrum in eager mode) fuses into a few loops: at two threads the
-statistics take 1.2-2x less time; at one thread (Inspect's) no less (docs/benchmarks.md). Compiling takes tens of seconds per plane
-size, so nothing compiles while a request waits: `warm_up_compiled(H, W)` compiles for planes of
-that size (any batch) at the calling thread's torch thread count, and `epilogue` uses the compiled
-code only where it was warmed up; everywhere else, and wherever compiling or running it fails (no C++
-compiler, say: logged once, listed by `dispatch.fallbacks()`), it runs `stats_epilogue` eagerly, the
-tested reference. The thread count is part of the key because inductor builds it into the code:
+statistics take 1.2-2x less time; at one thread (Inspect's) no less (docs/benchmarks.md).
+Compiling takes tens of seconds per plane size, so nothing compiles while a request waits:
+`warm_up_compiled(H, W)` compiles for planes of that size (any batch) at the calling thread's torch
+thread count, and `epilogue` uses the compiled code only where it was warmed up; everywhere else,
+and wherever compiling or running it fails (no C++ compiler, say: logged once, listed by
+`dispatch.fallbacks()`), it runs `stats_epilogue` eagerly, the tested reference. The thread count is part of the key because inductor builds it into the code:
 side threads that run torch with one OpenMP thread (server/core/threads.py) get code without an
 OpenMP team of its own.
 """

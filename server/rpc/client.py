@@ -51,8 +51,9 @@ class InspectCallback:
     Blocking (default): each step waits for its own verdict, so an abort stops the pipeline before
     the next step runs. `pipelined=True`: each step sends its frame and reads the verdict of the step
     before, which the sidecar scored while the model computed this one; where the sidecar has cores
-    of its own the pipeline pays only the copy-out and the send, and an abort stops it one step later (the frame of the extra step is
-    scored too). The verdicts are the same in both modes (the sidecar sees the same frames).
+    of its own the pipeline pays only the copy-out and the send, and an abort stops it one step later
+    (the frame of the extra step is scored too). The verdicts are the same in both modes (the
+    sidecar sees the same frames).
     """
 
     def __init__(
