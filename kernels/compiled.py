@@ -7,9 +7,9 @@ Compiling takes tens of seconds per plane size, so nothing compiles while a requ
 `warm_up_compiled(H, W)` compiles for planes of that size (any batch) at the calling thread's torch
 thread count, and `epilogue` uses the compiled code only where it was warmed up; everywhere else,
 and wherever compiling or running it fails (no C++ compiler, say: logged once, listed by
-`dispatch.fallbacks()`), it runs `stats_epilogue` eagerly, the tested reference. The thread count is part of the key because inductor builds it into the code:
-side threads that run torch with one OpenMP thread (server/core/threads.py) get code without an
-OpenMP team of its own.
+`dispatch.fallbacks()`), it runs `stats_epilogue` eagerly, the tested reference. The thread count
+is part of the key because inductor builds it into the code: side threads that run torch with one
+OpenMP thread (server/core/threads.py) get code without an OpenMP team of its own.
 """
 
 from __future__ import annotations
