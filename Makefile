@@ -14,7 +14,7 @@ PROTOS       := protos/latentguard/v1/guardrail.proto protos/latentguard/oip/v2/
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: install demo test test-slow lint docs gpu-check profiles eval eval-fpr eval-drift bench protos promtool chromium clean train quality soak kernels-aot
+.PHONY: install demo test test-slow lint docs gpu-check profiles eval eval-tiny-sd3 eval-tiny-flux eval-tiny-sd3-fp8 eval-tiny-sd3-int4 eval-fpr eval-drift bench protos promtool chromium clean train quality soak kernels-aot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -101,6 +101,10 @@ soak: $(STAMP) promtool
 ## eval: detection evaluation (AUROC, TPR at calibrated FPR, delay) -> evaluation/results.md
 eval: $(STAMP)
 	$(BIN)/python evaluation/evaluate_detectors.py
+
+## eval-DEPLOYMENT (e.g. eval-tiny-flux): the same for one deployment -> evaluation/results-DEPLOYMENT.md
+eval-tiny-sd3 eval-tiny-flux eval-tiny-sd3-fp8 eval-tiny-sd3-int4: eval-%: $(STAMP)
+	$(BIN)/python evaluation/evaluate_detectors.py --deployments $* --out results-$*
 
 ## eval-fpr: only the benign false-positive rate on fresh prompts, 2000 runs per deployment -> evaluation/fpr.md
 eval-fpr: $(STAMP)

@@ -45,7 +45,7 @@ from latentguard.kernels import TrajectoryStats
 log = logging.getLogger(__name__)
 #: detectors newer than the profile format: a profile calibrated before one existed (a user's, of
 #: their own model) runs without it, said in the log, instead of being refused
-ADDED_LATER = frozenset({"stuck_value"})
+ADDED_LATER = frozenset({"stuck_value", "phase_gain"})
 
 #: v4: every part score has its own step normalisation (loc2, scale2 of shape [steps, parts]);
 #: checkerboard has coherent and incoherent parts, tail reads the change's crest too

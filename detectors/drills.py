@@ -10,6 +10,8 @@ per-channel std (additive kinds) or a fraction (the others). A drill runs in one
            of the clean latents x0 = x_t - sigma v becomes T(x0) (v' = (x_t - T(x0)) / sigma). A
            persistent fault of the model itself, as a broken layer or a bad adapter would be.
 
+Model mode rewrites x0 for every kind but patch_gain, which scales the prediction v itself (`predict`).
+
 Kinds (default mode in brackets):
 
     aliasing      [step]  + strength * std * cos(2 pi f i) cos(2 pi f j), f = `freq` cycles/px
@@ -21,6 +23,10 @@ Kinds (default mode in brackets):
     grain         [model] + strength * std * fresh white noise at every call: a noisy denoiser
     spike         [model] one value in 2000 (at least one per plane, fixed positions) pushed to
                           +- (3 + 30 strength) std: finite overflow building up in a few activations
+    patch_gain    [model] the denoiser's prediction v times (1 + strength) at one of the 2 x 2 latent
+                          positions (i, j even): an output projection whose weights for one patch
+                          position are off (a gain, not an offset; as a step drill, x0_hat's). Held
+                          out: no detector was tuned on it and the classifier does not train on it
 
 Spec syntax: KIND[:step=N,strength=X,freq=F,mode=step|model], e.g. `aliasing:step=4,strength=0.5`
 or `checkerboard:step=2,strength=0.2`.
@@ -35,9 +41,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-DrillKind = Literal["aliasing", "collapse", "blur", "nan", "checkerboard", "grain", "spike"]
+DrillKind = Literal["aliasing", "collapse", "blur", "nan", "checkerboard", "grain", "spike", "patch_gain"]
 DrillMode = Literal["step", "model"]
-DRILL_KINDS: tuple[str, ...] = ("aliasing", "collapse", "blur", "nan", "checkerboard", "grain", "spike")
+DRILL_KINDS: tuple[str, ...] = (
+    "aliasing", "collapse", "blur", "nan", "checkerboard", "grain", "spike", "patch_gain"
+)  # fmt: skip
 DEFAULT_STRENGTH = {
     "aliasing": 0.5,
     "collapse": 0.5,
@@ -46,9 +54,10 @@ DEFAULT_STRENGTH = {
     "checkerboard": 0.2,
     "grain": 0.3,
     "spike": 0.5,
+    "patch_gain": 0.2,
 }
 DEFAULT_MODE: dict[str, DrillMode] = {
-    k: "model" if k in ("checkerboard", "grain", "spike") else "step" for k in DRILL_KINDS
+    k: "model" if k in ("checkerboard", "grain", "spike", "patch_gain") else "step" for k in DRILL_KINDS
 }
 MAX_STRENGTH = {"aliasing": 10.0, "grain": 10.0}  # the others: 1
 SPIKE_EVERY = 2000
@@ -145,6 +154,8 @@ class Drill:
                 torch.arange(h, device=x0.device)[:, None] + torch.arange(w, device=x0.device)[None, :]
             ) % 2
             return x0 * (1 + self.strength * (1 - 2 * parity.float()))
+        if self.kind == "patch_gain":
+            return x0 * self._patch_gain(h, w, x0.device)
         if self.kind == "grain":
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             return x0 + self.strength * std * noise
@@ -162,6 +173,21 @@ class Drill:
         out = x0.clone().view(b, n)
         out[:, positions.to(x0.device)] = float("nan")
         return out.view_as(x0)
+
+    def predict(
+        self, x_t: torch.Tensor, v: torch.Tensor, sigma: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The faulty model-mode prediction for latents x_t [B, C, H, W] at noise level sigma > 0
+        whose velocity prediction is v (float32): v' with x_t - sigma v' = T(x_t - sigma v), or
+        for patch_gain the prediction itself scaled per patch position."""
+        if self.kind == "patch_gain":
+            return v * self._patch_gain(v.shape[-2], v.shape[-1], v.device)
+        return (x_t - self.transform(x_t - sigma * v, generator)) / sigma
+
+    def _patch_gain(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """[H, W]: 1 + strength where i and j are both even, 1 elsewhere."""
+        even = (torch.arange(h, device=device)[:, None] % 2 == 0) & (torch.arange(w, device=device) % 2 == 0)
+        return 1 + self.strength * even.float()
 
     def delta(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """T(x0) - x0: the change this drill makes to a [B, C, H, W] denoised estimate."""

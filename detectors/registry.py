@@ -12,6 +12,7 @@ from latentguard.detectors.grain import Grain
 from latentguard.detectors.latent_variance import LatentVariance
 from latentguard.detectors.non_finite import NonFinite
 from latentguard.detectors.over_smoothing import OverSmoothing
+from latentguard.detectors.phase_gain import PhaseGain
 from latentguard.detectors.spectral_residual import SpectralResidual
 from latentguard.detectors.spectral_shape import SpectralShape
 from latentguard.detectors.stuck_value import StuckValue
@@ -29,6 +30,7 @@ DETECTORS: dict[str, type[Detector]] = {
         SpectralShape,
         Tail,
         StuckValue,
+        PhaseGain,
         AttentionEntropy,
         AttentionRank,
     )

@@ -57,7 +57,8 @@ from latentguard.server.pipelines.deployments import load_deployment
 from latentguard.server.pipelines.runner import PipelineRunner
 
 # (kind, mode, strengths); the first block are the original drills, the second the new artifact
-# classes as model faults, the third model-fault forms of the original kinds (held out everywhere)
+# classes as model faults, the third model-fault forms of the original kinds (held out everywhere),
+# then patch_gain (a gain on the prediction at one patch position; held out everywhere)
 ROWS = [
     ("aliasing", "step", (0.1, 0.25, 0.5)),
     ("collapse", "step", (0.1, 0.3, 0.5)),
@@ -69,6 +70,7 @@ ROWS = [
     ("aliasing", "model", (0.1, 0.25)),
     ("blur", "model", (0.3, 0.6)),
     ("collapse", "model", (0.1, 0.3)),
+    ("patch_gain", "model", (0.1, 0.3)),
 ]
 # attention faults (server/offline/attention_faults.py): model faults on every step, held out from
 # everything (no drill injects them; the attention detectors' design was fixed before they existed)
@@ -84,6 +86,7 @@ TARGET_DETECTOR = {
     "checkerboard": "checkerboard",
     "grain": "grain",
     "spike": "tail",
+    "patch_gain": "phase_gain",
     "text_key_scale": "attention_entropy",
     "prompt_fade": "attention_entropy",
 }
@@ -190,7 +193,8 @@ def evaluate(
     if benign_only:
         return summary, []
     clf = detectors.get("onnx_classifier")
-    loo_models = loo_classifiers(dep, source, sorted({k for k, _, _ in drill_rows}), benign) if loo else {}
+    trained = sorted({k for k, _, _ in drill_rows} & set(classifier_training.TRAINED_KINDS))
+    loo_models = loo_classifiers(dep, source, trained, benign) if loo else {}
     loo_benign = {
         k: c.trajectory_scores(benign.stats, benign.sigmas).amax(dim=1) for k, c in loo_models.items()
     }

@@ -93,11 +93,11 @@ def trajectory_stats(
     """Per-(batch, channel) statistics of a [B, C, H, W] tensor (or PackedInt4) in one pass.
 
     See TrajectoryStats for the fields. Every backend follows the definitions in oracle.py.
-    `previous` (same shape; the previous step's estimate) sets `change_flatness` and `change_crest`,
-    the high-band flatness and the crest of latents - previous: on the Triton path the batch is
-    doubled to [latents, latents - previous] (float32) and goes through the same single launch; the
-    torch path stacks the difference the same way (one rfft2) and keeps only its flatness and crest.
-    Without it, previous is 0 and the fields are hf_flatness and crest.
+    `previous` (same shape; the previous step's estimate) sets `change_flatness`, `change_crest` and
+    `change_phase_contrast`, the high-band flatness, crest and phase contrasts of latents - previous:
+    on the Triton path the batch is doubled to [latents, latents - previous] (float32) and goes
+    through the same single launch; the torch path stacks the difference the same way (one rfft2)
+    and keeps only those three. Without it, previous is 0 and they are x's own.
     """
     check_shape(tuple(latents.shape))
     if previous is None:
@@ -112,7 +112,10 @@ def trajectory_stats(
     both = _backend_stats(torch.cat([x, x - previous.to(x.device, torch.float32)]), backend)
     b = latents.shape[0]
     return dataclasses.replace(
-        both.index(slice(0, b)), change_flatness=both.hf_flatness[b:], change_crest=both.crest[b:]
+        both.index(slice(0, b)),
+        change_flatness=both.hf_flatness[b:],
+        change_crest=both.crest[b:],
+        change_phase_contrast=both.phase_contrast[b:],
     )
 
 

@@ -74,6 +74,16 @@ def isolation_map(x: torch.Tensor) -> torch.Tensor:
     return centred.abs() / (centred.square().mean() + EPS_ABS).sqrt()
 
 
+def _phase_contrast(x: torch.Tensor) -> torch.Tensor:
+    """[3] signed contrasts of the 2 x 2 phase means of (x - mean)^2, over their sum (finite x)."""
+    sq = (x - x.mean()).square()
+    zero = torch.zeros((), dtype=x.dtype)
+    phases = torch.stack(
+        [sq[a::2, b::2].mean() if sq[a::2, b::2].numel() else zero for a in (0, 1) for b in (0, 1)]
+    )
+    return torch.tensor(PARITY_PATTERNS, dtype=x.dtype) @ phases / phases.sum().clamp_min(EPS_ABS)
+
+
 def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
     h, w = x.shape
     change = x - previous  # non-finite differences read as 0, as in x itself
@@ -97,10 +107,6 @@ def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
     zero = torch.zeros((), dtype=x.dtype)
     sq = centred.square()
     var = sq.mean()
-    phases = torch.stack(
-        [sq[a::2, b::2].mean() if sq[a::2, b::2].numel() else zero for a in (0, 1) for b in (0, 1)]
-    )
-    contrasts = torch.tensor(PARITY_PATTERNS, dtype=x.dtype) @ phases
     isolation = isolation_map(x).flatten()
     return [
         mean,
@@ -110,7 +116,7 @@ def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
         radius.flatten()[peak] if has_band else zero,
         profile,
         (~finite).sum(),
-        contrasts / phases.sum().clamp_min(EPS_ABS),
+        _phase_contrast(x),
         _hf_flatness(power),
         _hf_flatness(_power(change)),
         _crest(x),
@@ -118,6 +124,7 @@ def _plane_stats(x: torch.Tensor, previous: torch.Tensor) -> list[torch.Tensor]:
         sq.square().mean() / (var.square() + EPS_ABS),
         isolation.max(),
         isolation.argmax().to(x.dtype),
+        _phase_contrast(_finite(change)),
     ]
 
 

@@ -87,6 +87,10 @@ class TrajectoryStats:
                      the latent (a small object spans several values); a stuck activation is alone
     isolation_at     the flat index i * W + j of that value (float): a stuck token is at the same
                      place in every channel, a scene's most isolated value mostly is not
+    change_phase_contrast  [B, C, 3] phase_contrast of x - previous (phase_contrast itself without
+                     one). A 2 x 2 gain pattern in the denoiser's output (uneven overlap, an output
+                     projection whose weights differ per patch position) scales each phase of every
+                     step's update; x itself is mostly the scene, whose own 2 x 2 structure hides it
 
     Not from the tensor but from the denoiser's attention at the same step, when the deployment runs
     the attention probes (None otherwise), [B, L] for L probed blocks (attention.py):
@@ -109,6 +113,7 @@ class TrajectoryStats:
     kurtosis: torch.Tensor
     isolation: torch.Tensor
     isolation_at: torch.Tensor
+    change_phase_contrast: torch.Tensor
     attn_entropy: torch.Tensor | None = None
     attn_rank: torch.Tensor | None = None
 

@@ -17,7 +17,7 @@ For x of shape [B, C, H, W] (any float dtype, or a PackedInt4; upcast to fp32 on
     flat   = exp(mean of log(P + eps) over r >= HF_CUTOFF) / (mean P there + eps)  (one more matvec)
     crest  = max(max x - m, m - min x) / sqrt(v): two plain reductions, no centred copy
     spatial: Xc^2 = (x - m)^2 once; its 2 x 2 polyphase sums (two contiguous reductions when H and W
-    are even) and kurtosis = mean Xc^4 / v^2 (one batched dot)
+    are even; for the change planes too) and kurtosis = mean Xc^4 / v^2 (one batched dot)
     isolation: D = (9 x - box3x3(x)) / 8 with the edges replicated (one pad, two separable sums),
     max |D - mean D| / std D and its flat index
 
@@ -127,7 +127,9 @@ def trajectory_stats_torch(
     fields["nonfinite"] = nonfinite
     if previous is None:  # previous = 0: the change is x itself
         fields["change_flatness"], fields["change_crest"] = fields["hf_flatness"], fields["crest"]
-    shapes = {"radial_profile": (RADIAL_BINS,), "phase_contrast": (len(PARITY_PATTERNS),)}
+        fields["change_phase_contrast"] = fields["phase_contrast"]
+    patterns = (len(PARITY_PATTERNS),)
+    shapes = {"radial_profile": (RADIAL_BINS,), "phase_contrast": patterns, "change_phase_contrast": patterns}
     return TrajectoryStats(**{k: v.reshape(b, c, *shapes.get(k, ())) for k, v in fields.items()})
 
 
@@ -135,6 +137,7 @@ def trajectory_stats_torch(
 EPILOGUE_FIELDS = (
     "mean", "var", "hf_ratio", "sr_peak", "sr_freq", "radial_profile", "phase_contrast",
     "hf_flatness", "crest", "kurtosis", "isolation", "isolation_at", "change_flatness", "change_crest",
+    "change_phase_contrast",
 )  # fmt: skip
 
 
@@ -180,7 +183,7 @@ def stats_epilogue(
     flatness = _flatness(hf_log, sums[:, 1], eps, hf_count)
     spread = torch.maximum(planes.amax(dim=(-2, -1)) - mean, mean - planes.amin(dim=(-2, -1)))
     crest = spread / (var + EPS_ABS).sqrt()
-    phase_contrast, fourth = _phase_and_fourth(planes[:n] - mean[:n, None, None])
+    phase_contrast, fourth = _phase_and_fourth(planes - mean[:, None, None], n)
     isolation, isolation_at = _isolation(planes[:n])
     return (
         mean[:n],
@@ -189,7 +192,7 @@ def stats_epilogue(
         0.5 * sr_peak,
         sr_freq,
         sums[:n, 2:] / total[:n, None],
-        phase_contrast,
+        phase_contrast[:n],
         flatness[:n],
         crest[:n],
         fourth / (var[:n].square() + EPS_ABS),
@@ -197,6 +200,7 @@ def stats_epilogue(
         isolation_at,
         flatness[n:],
         crest[n:],
+        phase_contrast[n:],
     )
 
 
@@ -240,14 +244,15 @@ def _isolation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return peak / (var + EPS_ABS).sqrt(), at.float()
 
 
-def _phase_and_fourth(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(phase_contrast [n, 3], mean Xc^4) of centred planes [n, H, W] (overwritten with Xc^2)."""
-    n, h, w = xc.shape
+def _phase_and_fourth(xc: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(phase_contrast [m, 3], mean Xc^4 of the first n) of centred planes [m, H, W] (overwritten
+    with Xc^2)."""
+    m, h, w = xc.shape
     sq = xc.square_()
     if h % 2 == 0 and w % 2 == 0:  # the 2 x 2 phases: rows by parity, then columns by parity
-        phases = sq.view(n, h // 2, 2, w).sum(dim=1).view(n, 2, w // 2, 2).sum(dim=2).reshape(n, 4)
+        phases = sq.view(m, h // 2, 2, w).sum(dim=1).view(m, 2, w // 2, 2).sum(dim=2).reshape(m, 4)
     else:  # phases of unequal size: their means
-        zero = sq.new_zeros(n)
+        zero = sq.new_zeros(m)
         phases = torch.stack(
             [
                 sq[:, a::2, b::2].mean(dim=(-2, -1)) if a < h and b < w else zero
@@ -258,6 +263,6 @@ def _phase_and_fourth(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         )
     patterns = torch.tensor(PARITY_PATTERNS, dtype=sq.dtype, device=sq.device)
     contrast = (phases @ patterns.t()) / phases.sum(dim=1, keepdim=True).clamp_min(EPS_ABS)
-    flat = sq.view(n, 1, h * w)
+    flat = sq[:n].reshape(n, 1, h * w)
     fourth = torch.bmm(flat, flat.transpose(1, 2)).view(n) / (h * w)
     return contrast, fourth

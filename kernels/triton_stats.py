@@ -15,10 +15,10 @@ Math (per plane X of H x W, padded to BH x BW = next powers of two >= 16, masked
     crest = max |Xc| / std;  kurtosis = mean Xc^4 / var^2
     D  = (9 Xc - box3x3(Xc)) / 8 with the plane's edges replicated (each value minus the mean of its
          8 neighbours);  isolation = max |D - mean D| / std D, isolation_at = its flat index i W + j
-The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual). `change_flatness` and
-`change_crest` are not terms of their own: with a previous estimate, dispatch.py launches this
-kernel once on the doubled batch [x, x - previous] and reads the second half's flatness and crest
-(2 x the planes, still one launch).
+The definitions follow `oracle.py` (Hou & Zhang 2007 for the residual). `change_flatness`,
+`change_crest` and `change_phase_contrast` are not terms of their own: with a previous estimate,
+dispatch.py launches this kernel once on the doubled batch [x, x - previous] and reads the second
+half's flatness, crest and phase contrasts (2 x the planes, still one launch).
 
 Structure: a whole 128 x 128 plane held in registers does not fit the GPUs we target (262 KB of
 shared memory on sm_90, where a block may have 227 KB; 131 KB on sm_89, which allows 99 KB). So the
@@ -47,7 +47,7 @@ Cost per call for SD3/FLUX latents (16 channels, 128 x 128, batch B; n = 128):
 On an H100 SXM (~495 dense TF32 TFLOPS, so ~165 for tf32x3; L2 ~10 TB/s): batch 1 is bound by
 launch latency and the 16 programs' serial passes (16 of 132 SMs busy); batch 8 ~2-5 us of
 compute and L2 traffic. These floors are estimates: no GPU has run this kernel yet (see README).
-The service passes the previous estimate (change_flatness, change_crest), so a step launches
+The service passes the previous estimate (the change_* fields), so a step launches
 2 x 16 B programs: twice the flops and traffic above, the same single launch; at batch 1 still 32 of
 132 SMs.
 The O(n^3) DFT-by-matmul trades the FFT's O(n^2 log n) for tensor cores and full fusion; at n = 128
@@ -442,4 +442,5 @@ def trajectory_stats_triton(x: torch.Tensor | PackedInt4) -> TrajectoryStats:
         kurtosis=out[..., 8],
         isolation=out[..., _ISOLATION],
         isolation_at=out[..., _ISOLATION + 1],
+        change_phase_contrast=out[..., _CONTRAST : _CONTRAST + 3],  # previous = 0 (as above)
     )

@@ -40,6 +40,7 @@ from latentguard.detectors import CalibrationProfile, calibrate_detectors
 from latentguard.detectors.calibration import runs_needed
 from latentguard.detectors.registry import DETECTORS
 from latentguard.kernels import TrajectoryStats
+from latentguard.kernels.stats import LATENT_FIELDS
 from latentguard.server.config import LiveCalibrationConfig
 from latentguard.server.metrics import Metrics
 from latentguard.server.pipelines.deployments import Deployment, activate_profile, new_profile
@@ -95,6 +96,12 @@ class LiveCalibration:
             self.sigmas = tensors.pop("sigmas").tolist()
             for side, runs in (("fit", self.fit), ("held", self.held)):
                 fields = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{side}.")}
+                missing = set(LATENT_FIELDS) - set(fields) if fields else set()
+                if missing:  # collected by an older version
+                    log.warning("%s: collected runs lack %s: collecting anew", self.dep.name, sorted(missing))
+                    self.fit.clear()
+                    self.held.clear()
+                    break
                 if fields:
                     stats = TrajectoryStats(**fields)
                     runs.extend(stats.index(slice(i, i + 1)) for i in range(stats.mean.shape[0]))

@@ -41,8 +41,8 @@ class DrillCallback(_LatentsCallback):
     """Fault injection (detectors/drills.py). Step mode: moves the latents after step `drill.step` so
     that this step's x0_hat becomes T(x0_hat) (x0_to_latent_delta); the trajectory carries it on.
     Model mode: a forward hook on the denoiser rewrites every call from `drill.step` on so that its
-    prediction of the clean latents, x0 = x_t - sigma v, becomes T(x0). The hook acts only on calls
-    from the thread that runs this request, and `close` removes it."""
+    prediction of the clean latents, x0 = x_t - sigma v, becomes T(x0) (`Drill.predict`). The hook
+    acts only on calls from the thread that runs this request, and `close` removes it."""
 
     def __init__(
         self,
@@ -70,8 +70,8 @@ class DrillCallback(_LatentsCallback):
         v = output[0] if isinstance(output, tuple) else output.sample
         sigma = schedule(self.pipe)[self.model_step]
         x_t = self.unpack(kwargs["hidden_states"], self.pipe).float()
-        x0 = self.drill.transform(x_t - sigma * self.unpack(v, self.pipe).float(), self.generator)
-        faulty = self.family.to_pipeline(((x_t - x0) / sigma).to(v.dtype))
+        faulty_v = self.drill.predict(x_t, self.unpack(v, self.pipe).float(), sigma, self.generator)
+        faulty = self.family.to_pipeline(faulty_v.to(v.dtype))
         if isinstance(output, tuple):
             return (faulty, *output[1:])
         output.sample = faulty

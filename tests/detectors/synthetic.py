@@ -47,6 +47,7 @@ def benign(n: int, seed: int, channels: int = 4, attention: bool = True) -> Traj
         change_crest=torch.exp(1.5 + noise(0.05)),
         isolation=torch.exp(1.8 + noise(0.1)),
         isolation_at=torch.randint(0, 64 * 64, shape, generator=g).double(),  # each channel its own place
+        change_phase_contrast=correlated(0.02)[..., None] + 0.01 * torch.randn((*shape, 3), generator=g),
     )
 
 
@@ -69,6 +70,8 @@ def perturb(stats: TrajectoryStats, name: str, step: int) -> TrajectoryStats:
         d["radial_profile"][:, step, :, -1] *= 4.0
     elif name == "tail":
         d["crest"][:, step, 0] *= 4.0
+    elif name == "phase_gain":  # every channel's change: the checkerboard contrast up 0.05
+        d["change_phase_contrast"][:, step, :, 0] += 0.05
     elif name == "stuck_value":  # one place in every channel
         d["isolation_at"][:, step] = d["isolation_at"][:, step, :1]
     elif name == "attention_entropy":

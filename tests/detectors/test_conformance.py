@@ -38,6 +38,7 @@ def test_the_registry_holds_exactly_the_contract_names():
         "spectral_shape",
         "tail",
         "stuck_value",
+        "phase_gain",
         "attention_entropy",
         "attention_rank",
     }

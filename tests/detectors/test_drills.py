@@ -64,6 +64,27 @@ def test_each_kind_does_what_it_says():
     assert int(torch.isnan(nan).sum()) == round(0.01 * 3 * 32 * 32)
 
 
+def test_patch_gain_scales_the_prediction_at_one_patch_position_and_trains_nothing():
+    """patch_gain multiplies the model's prediction v (not x0) by 1 + strength where i and j are
+    both even; every other kind's model-mode prediction is the one whose x0 is T(x0). Held out: the
+    classifier's training drills leave it out."""
+    from latentguard.server.offline.classifier import TRAINED_KINDS, training_drills
+
+    g = torch.Generator().manual_seed(2)
+    x_t, v = torch.randn(1, 2, 6, 6, generator=g), torch.randn(1, 2, 6, 6, generator=g)
+    drill = Drill.parse("patch_gain:strength=0.1")
+    assert drill.mode == "model" and str(drill) == "patch_gain:step=2,strength=0.1"
+    ratio = drill.predict(x_t, v, sigma=0.7) / v
+    even = torch.zeros(6, 6, dtype=torch.bool)
+    even[::2, ::2] = True
+    torch.testing.assert_close(ratio[..., even], torch.full_like(ratio[..., even], 1.1))
+    torch.testing.assert_close(ratio[..., ~even], torch.ones_like(ratio[..., ~even]))
+    collapse = Drill("collapse", strength=0.5, mode="model")
+    x0 = x_t - 0.7 * collapse.predict(x_t, v, sigma=0.7)
+    torch.testing.assert_close(x0, collapse.transform(x_t - 0.7 * v))
+    assert "patch_gain" not in TRAINED_KINDS and {d.kind for d in training_drills()} == set(TRAINED_KINDS)
+
+
 def held_tensors(obj, seen=None) -> list[torch.Tensor]:
     """Every tensor reachable from obj's attributes, lists, tuples, dicts and dataclass fields."""
     seen = set() if seen is None else seen
@@ -115,7 +136,11 @@ def test_monitor_compares_each_estimate_with_the_one_before():
         x0 = mon.x0_hat(step, latents[step + 1])
         seen = mon.observe(step, latents[step + 1])
         want = trajectory_stats(x0, backend="reference", previous=previous)
-        for change, of_x in (("change_flatness", "hf_flatness"), ("change_crest", "crest")):
+        for change, of_x in (
+            ("change_flatness", "hf_flatness"),
+            ("change_crest", "crest"),
+            ("change_phase_contrast", "phase_contrast"),
+        ):
             torch.testing.assert_close(getattr(seen, change), getattr(want, change))
             assert not torch.allclose(getattr(seen, change), getattr(seen, of_x))
         previous = x0

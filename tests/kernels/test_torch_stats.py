@@ -160,7 +160,11 @@ def test_warm_up_compiles_every_padded_size_a_deployment_can_need_once(monkeypat
 
 
 #: the fields `previous` sets, and the field of x each equals without one
-CHANGE_FIELDS = {"change_flatness": "hf_flatness", "change_crest": "crest"}
+CHANGE_FIELDS = {
+    "change_flatness": "hf_flatness",
+    "change_crest": "crest",
+    "change_phase_contrast": "phase_contrast",
+}
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

@@ -5,6 +5,7 @@ to offline calibration on the same runs; a restart resumes."""
 from __future__ import annotations
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from latentguard.detectors import CalibrationProfile, calibrate_detectors
 from latentguard.server.config import LiveCalibrationConfig, Settings, builtin_deployments
@@ -127,6 +128,16 @@ def test_a_restart_resumes_the_runs_collected_so_far(tmp_path):
     try:
         resumed = info(pb_grpc.GuardrailStub(channel(server.target)))
         assert resumed.calibration == "collecting" and resumed.calibration_runs == 8  # the last checkpoint
+    finally:
+        server.stop()
+    # runs saved by a version whose statistics lacked a field are not resumed, and nothing fails
+    (state,) = tmp_path.glob("live-sd3.*.live.safetensors")
+    older = {k: v for k, v in load_file(str(state)).items() if not k.endswith(".change_phase_contrast")}
+    save_file(older, str(state))
+    server = ServerThread(settings).start()
+    try:
+        anew = info(pb_grpc.GuardrailStub(channel(server.target)))
+        assert anew.calibration == "collecting" and anew.calibration_runs == 0
     finally:
         server.stop()
 

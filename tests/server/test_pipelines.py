@@ -42,6 +42,7 @@ def test_text_prompt_to_image_passes_with_a_full_report(name, deployments, setti
         "spectral_shape",
         "tail",
         "stuck_value",
+        "phase_gain",
         "attention_entropy",
         "attention_rank",
         "onnx_classifier",
