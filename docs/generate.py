@@ -263,16 +263,14 @@ def evaluation_page() -> str:
         data = load_eval(run)
         (b,) = [r for r in data["benign"] if r["deployment"] == deployment]
         low, high = b["benign_fpr_interval"]
-        benign_rows[deployment] = (
-            [
-                deployment,
-                b["benign_runs"],
-                f"{b['benign_fpr']:.4f}",
-                f"[{low:.4f}, {high:.4f}]",
-                f"{b['target_fpr']:.2f}",
-                f"`evaluation/{run}.md` ({covers})",
-            ]
-        )
+        benign_rows[deployment] = [
+            deployment,
+            b["benign_runs"],
+            f"{b['benign_fpr']:.4f}",
+            f"[{low:.4f}, {high:.4f}]",
+            f"{b['target_fpr']:.2f}",
+            f"`evaluation/{run}.md` ({covers})",
+        ]
         for d in data["drills"]:
             if d["deployment"] != deployment:
                 continue
