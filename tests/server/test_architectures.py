@@ -97,7 +97,9 @@ def test_calibrated_then_every_detector_and_every_step_is_guarded(name, folders,
     assert dep.profile is None and list(dep.detectors) == ["non_finite"]  # uncalibrated: says so
     assert dep.probe_layers
     profile = tmp_path / "profile.json"
-    calibrate_deployment(LocalCollector(dep), default_prompts("calibration")[:60], 2, 0.2, profile)
+    # 80 held-out runs: at 25% there is room for the 11 detectors (each flags its own highest run
+    # even at its strictest threshold; at 20% the budget is 10)
+    calibrate_deployment(LocalCollector(dep), default_prompts("calibration")[:60], 2, 0.25, profile)
     dep = load_deployment(deployment_config(name, folders[name], profile=str(profile)))
     assert {"attention_entropy", "attention_rank", "spectral_residual", "grain"} <= set(dep.detectors)
     report = generate(dep)
