@@ -7,7 +7,7 @@ phase's *energy* changes while its signed mean stays about zero. x0_hat itself i
 whose own 2 x 2 structure (the model's patch grid) varies from prompt to prompt and hides a 10% gain
 on one phase (`checkerboard` reads x0_hat's contrasts, each on its own: AUROC 0.6-0.75 there); the
 change x0_hat - previous is what the faulty prediction moves at every step, so the pattern sits in
-it at full strength (`TrajectoryStats.change_phase_contrast`; study: evaluation/phase-gain.md).
+it at full strength (`TrajectoryStats.change_phase_contrast`; study: evaluation/phase_gain_candidates.py).
 
 Feature: per channel, the three log-energy contrasts of the change's 2 x 2 phases (the four phase
 log-energies with their mean removed; pattern-agnostic: any gain pattern is some mix of the three).
